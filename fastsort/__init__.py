@@ -1,0 +1,2 @@
+"""fastsort: fast differentiable sorting and top-k learning."""
+from ._version import __version__

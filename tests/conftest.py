@@ -1,0 +1,33 @@
+"""Test configuration.
+
+The Triton kernels are tested on CPU tensors through Triton's interpreter, so
+``TRITON_INTERPRET=1`` must be set before anything imports triton: it is set
+here, at the very top, unless the suite runs on a GPU
+(``FASTSORT_TEST_DEVICE=cuda``, as ``benchmarks/gpu_check.sh`` does), where
+the kernels are compiled for real.
+"""
+import os
+
+DEVICE = os.environ.get("FASTSORT_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"fastsort tests on device={DEVICE}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"
+
+
+@pytest.fixture
+def device():
+    """The device the kernel tests run on: CPU (interpreter) in CI, CUDA on a GPU machine."""
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("FASTSORT_TEST_DEVICE=cuda but no CUDA device")
+    return torch.device(DEVICE)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
