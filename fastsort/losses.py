@@ -1,0 +1,232 @@
+"""Top-k cross-entropy loss (Petersen et al., ICML 2022) and its module.
+
+For logits ``[B, C]``, labels ``y`` and a distribution ``P_K`` over
+``k = 1..K``::
+
+    q_y  = sum_k P_K(k) * sum_{r <= k} P[r, y]  =  sum_r c_r P[r, y],
+    c_r  = sum_{k >= r} P_K(k)
+    loss = -log(q_y * (1 - 2e-7) + 1e-7)
+
+The loss needs only the *weighted* column ``y`` of the top rows of ``P``, so
+the network methods run a single weight vector through the reverse sweep
+(``O(n D)`` per row, less than the ``O(n K D)`` of the ``K`` rows).  With
+``m`` set, the true logit and the ``m - 1`` largest others are preselected
+(true first, label 0) and only they are sorted; the softmax / cross-entropy
+terms of ``top1_mode`` then also run over those ``m`` logits (difftopk's
+semantics).  On CUDA the whole loss runs in one fused Triton kernel.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+from ._dispatch import resolve_backend
+from .functional import METHODS, NETWORK_METHODS, _network, _rows_desc, check_method, parse_params
+
+__all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
+
+TOP1_MODES = ("sm", "smce", "sort")
+REDUCTIONS = ("mean", "sum", "none")
+# -inf logits (masked classes) are sorted as this value: finite, so the
+# comparators see a huge difference (alpha exactly 0 or 1) instead of inf - inf.
+_NEG_BIG = -1e30
+
+
+def check_p_k(p_k) -> List[float]:
+    if isinstance(p_k, torch.Tensor):
+        p_k = p_k.detach().cpu().tolist()
+    try:
+        p = [float(v) for v in p_k]
+    except TypeError:
+        raise TypeError(f"p_k must be a sequence of floats, got {type(p_k).__name__}") from None
+    if len(p) == 0:
+        raise ValueError("p_k must not be empty: give the probability of each k = 1..K, e.g. [0.5, 0, 0, 0, 0.5]")
+    if any(not math.isfinite(v) or v < 0 for v in p):
+        raise ValueError(f"p_k must contain finite, non-negative probabilities, got {p}")
+    if abs(sum(p) - 1.0) > 1e-4:
+        raise ValueError(f"p_k must sum to 1, got {p} which sums to {sum(p)}")
+    return p
+
+
+def rank_weights(p_k: Sequence[float], top1_mode: str) -> List[float]:
+    """``c_r`` for ranks ``r = 1..K``: the weight of ``P[r, y]`` in ``q_y`` (the network part only)."""
+    K = len(p_k)
+    first = 1 if top1_mode in ("sm", "smce") else 0  # k = 1 handled by the softmax terms
+    return [sum(p_k[max(r, first):]) for r in range(K)]
+
+
+def _check_logits_labels(logits, labels):
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point torch.Tensor, got {getattr(logits, 'dtype', type(logits))}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D [batch, n_classes], got shape {tuple(logits.shape)}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
+            or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got {getattr(labels, 'dtype', type(labels))}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
+    C = logits.shape[1]
+    # the range check needs the values on the host: done for CPU labels; on CUDA it would be a
+    # device sync in the hot path, so there the kernels write NaN for an out-of-range label instead.
+    if labels.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= C):
+        raise ValueError(f"labels must be in [0, n_classes) = [0, {C}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
+def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
+    """The true logit followed by the ``m - 1`` largest other logits (descending): ``[B, m]``."""
+    true = logits.gather(1, labels.unsqueeze(1))
+    others = logits.scatter(1, labels.unsqueeze(1), float("-inf"))
+    top = others.topk(m - 1, dim=1, sorted=True).values
+    return torch.cat([true, top], dim=1)
+
+
+def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], method: str, p: dict,
+                    backend: str) -> torch.Tensor:
+    """``sum_r c_r P[r, y]`` per row for ``x [B, n]`` (compute dtype): ``[B]``."""
+    n = x.shape[1]
+    K = len(c)
+    if method in NETWORK_METHODS:
+        v = torch.zeros(1, n, dtype=x.dtype, device=x.device)
+        v[0, n - K:] = torch.tensor(c[::-1], dtype=x.dtype)
+        S0 = _network(x.clamp(min=_NEG_BIG), method, p, v, backend, K)[1]
+        return S0[:, 0, :].gather(1, labels.unsqueeze(1)).squeeze(1)
+    rows = _rows_desc(x, K, method, p, backend)  # [B, K, n]
+    col = rows.gather(2, labels.view(-1, 1, 1).expand(-1, K, 1)).squeeze(2)
+    return col @ torch.tensor(c, dtype=x.dtype, device=x.device)
+
+
+def _method_params(method, inverse_temperature, distribution, art_lambda):
+    if isinstance(inverse_temperature, bool) or not isinstance(inverse_temperature, (int, float)) \
+            or not inverse_temperature > 0 or math.isinf(inverse_temperature):
+        raise ValueError(f"inverse_temperature must be a finite number > 0, got {inverse_temperature!r}")
+    if method in NETWORK_METHODS:
+        return parse_params(method, dict(steepness=inverse_temperature, distribution=distribution,
+                                         art_lambda=art_lambda))
+    if method in ("neuralsort", "softsort"):
+        return parse_params(method, dict(tau=1.0 / inverse_temperature))
+    return parse_params(method, dict(epsilon=1.0 / inverse_temperature))
+
+
+def topk_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    p_k: Sequence[float],
+    method: str = "bitonic",
+    *,
+    m: Optional[int] = None,
+    inverse_temperature: float = 1.0,
+    distribution: str = "cauchy",
+    art_lambda: float = 0.25,
+    top1_mode: str = "sm",
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Differentiable top-k cross-entropy loss.
+
+    Args:
+        logits: ``[B, C]`` floating (fp16/bf16 computed in float32); ``-inf`` marks masked classes.
+        labels: ``[B]`` integer class indices in ``[0, C)``.
+        p_k: probabilities of ``k = 1..K`` (sums to 1), e.g. ``[0.5, 0, 0, 0, 0.5]``.
+        method: ``bitonic`` (default), ``odd_even``, ``splitter_selection``, ``neuralsort``, ``softsort``, ``sinkhorn``.
+        m: optional top-m preselection, ``K < m < C``.
+        inverse_temperature: steepness of the networks (``tau = 1 / it`` for NeuralSort/SoftSort,
+            ``epsilon = 1 / it`` for Sinkhorn).
+        distribution, art_lambda: the networks' relaxation.
+        top1_mode: ``sm`` (softmax for k = 1), ``smce`` (extra cross-entropy term) or ``sort``.
+        reduction: ``mean``, ``sum`` or ``none``.
+        backend: ``auto``, ``torch`` or ``triton``.
+
+    Returns:
+        A scalar (``mean``/``sum``) or ``[B]`` (``none``) in the logits' dtype.
+
+    Example:
+        >>> logits = torch.tensor([[1., 8., -1., 9., 5.]], requires_grad=True)
+        >>> loss = fastsort.topk_cross_entropy(logits, torch.tensor([1]), [0.5, 0.5], inverse_temperature=2.0)
+        >>> loss.backward()
+    """
+    _check_logits_labels(logits, labels)
+    check_method(method, "loss")
+    p = check_p_k(p_k)
+    if top1_mode not in TOP1_MODES:
+        raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    params = _method_params(method, inverse_temperature, distribution, art_lambda)
+    B, C = logits.shape
+    K = len(p)
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, int) or not K < m < C:
+            raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
+    elif K > C:
+        raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    be = resolve_backend(x, backend)
+    if be == "triton" and method in NETWORK_METHODS:
+        from .kernels import topk_loss as _kl  # lazy: triton only when used
+
+        if _kl.supports(x, m):
+            loss = _kl.fused_topk_cross_entropy(x, labels, p, method, params, m, top1_mode)
+            return _reduce(loss, reduction).to(logits.dtype)
+    y = labels
+    if m is not None:
+        x = preselect(x, labels, m)
+        y = torch.zeros_like(labels)
+    c = rank_weights(p, top1_mode)
+    q = weighted_column(x, y, c, method, params, be) if any(c) else x.new_zeros(B)
+    if top1_mode == "sm":
+        q = q + p[0] * torch.softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+    loss = -torch.log(q * (1 - 2e-7) + 1e-7)
+    if top1_mode == "smce":
+        ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
+        loss = p[0] * ce + sum(p[1:]) * loss
+    return _reduce(loss, reduction).to(logits.dtype)
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class TopKCrossEntropyLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.CrossEntropyLoss`` with the differentiable top-k loss.
+
+    The number of classes comes from the logits.  See :func:`topk_cross_entropy`.
+
+    Example:
+        >>> crit = fastsort.TopKCrossEntropyLoss([0.5, 0, 0, 0, 0.5], m=16, inverse_temperature=2.0)
+        >>> loss = crit(torch.randn(8, 100), torch.randint(0, 100, (8,)))
+    """
+
+    def __init__(self, p_k: Sequence[float], method: str = "bitonic", *, m: Optional[int] = None,
+                 inverse_temperature: float = 1.0, distribution: str = "cauchy", art_lambda: float = 0.25,
+                 top1_mode: str = "sm", reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        self.p_k = check_p_k(p_k)
+        check_method(method, "loss")
+        if top1_mode not in TOP1_MODES:
+            raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        _method_params(method, inverse_temperature, distribution, art_lambda)
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m <= len(self.p_k)):
+            raise ValueError(f"m must be an int > K = len(p_k) = {len(self.p_k)}, got {m!r}")
+        self.method, self.m, self.inverse_temperature = method, m, inverse_temperature
+        self.distribution, self.art_lambda = distribution, art_lambda
+        self.top1_mode, self.reduction, self.backend = top1_mode, reduction, backend
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return topk_cross_entropy(
+            logits, labels, self.p_k, self.method, m=self.m, inverse_temperature=self.inverse_temperature,
+            distribution=self.distribution, art_lambda=self.art_lambda, top1_mode=self.top1_mode,
+            reduction=self.reduction, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"p_k={self.p_k}, method={self.method!r}, m={self.m}, inverse_temperature={self.inverse_temperature}, "
+                f"top1_mode={self.top1_mode!r}, reduction={self.reduction!r}")
