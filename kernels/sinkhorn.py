@@ -1,0 +1,419 @@
+"""
+Sinkhorn sorting in Triton
+==========================
+
+Fused kernels for the Sinkhorn soft sort / ranks / permutation / top-k of
+``fastsort.sinkhorn`` (see that module and SPEC.md, "Sinkhorn sorting", for the
+maths). This file is written in the literate style of Triton's tutorials.
+
+Layout
+------
+One program owns a tile of ``ROWS`` rows. For each row, the ``n`` sources live
+along axis 1 and the ``m`` targets along axis 2 of a ``[ROWS, BLOCK_N,
+BLOCK_M]`` register tile (power-of-two blocks with masks). Several rows per
+program keep the GPU busy when ``n`` is small (top-k has ``m = k + 1``).
+
+* The cost ``C_ij = (z_i - t_j)^2`` is never stored: it is recomputed from the
+  squashed inputs ``z`` (in registers) and the targets ``t_j = j / (m - 1)``
+  (from the index) every time it is needed.
+* All reductions accumulate in float32 (log-sum-exp with the max subtracted).
+* Every row stops on its own: a converged row is masked out of the updates
+  (``tl.where``) and the loop runs while any row of the tile is active.
+
+Forward kernel: squash -> (DualSort init) -> Sinkhorn iterations -> outputs.
+Backward kernel: the implicit-differentiation system of the torch reference,
+solved per row by conjugate gradients on the ``m x m`` Schur complement, all in
+registers, then the chain rule to ``x``.
+
+``_launch_config`` holds every launch heuristic; ``aot_variants`` lists the
+compile variants for the shared ahead-of-time compile test.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+CHECK_EVERY = 10
+DUALSORT_MAX_ITER = 100
+DUALSORT_TOL = 1e-2
+STD_EPS = 1e-10
+# Largest register tile (ROWS * BLOCK_N * BLOCK_M elements) one program holds.
+MAX_TILE = 16384
+
+OUT_SORT, OUT_RANK, OUT_PLAN = 0, 1, 2
+
+
+# %%
+# Shared helpers
+# --------------
+# The squash of one tile of rows, and the cost recomputed from ``z`` and ``t``.
+
+
+@triton.jit
+def _squash(x, nmask, n, SQUASH: tl.constexpr):
+    # z = sigmoid((x - mean) / (std + 1e-10)), population std, per row.
+    if SQUASH:
+        xm = tl.where(nmask, x, 0.0)
+        mu = tl.sum(xm, axis=1) / n
+        xc = tl.where(nmask, x - mu[:, None], 0.0)
+        sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
+        z = tl.sigmoid(xc / (sd[:, None] + 1e-10))
+    else:
+        z = x
+    return tl.where(nmask, z, 0.0)
+
+
+@triton.jit
+def _cost(z, t):
+    d = z[:, :, None] - t[None, None, :]
+    return d * d
+
+
+# %%
+# Forward kernel
+# --------------
+
+
+@triton.jit
+def _sinkhorn_fwd_kernel(
+    X, Z, F, G, OUT, ITERS, LOGB,
+    R, n, m, ncol, col0,
+    eps, threshold, max_iter,
+    SQUASH: tl.constexpr, INIT_SORT: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    rmask = rows < R
+    ii = tl.arange(0, BLOCK_N)
+    jj = tl.arange(0, BLOCK_M)
+    nmask = rmask[:, None] & (ii[None, :] < n)          # [ROWS, BLOCK_N]
+    jmask = jj < m                                       # [BLOCK_M]
+    rows64 = rows.to(tl.int64)
+
+    # -- load and squash the rows; keep z for the backward pass
+    x = tl.load(X + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
+    z = _squash(x, nmask, n, SQUASH)
+    tl.store(Z + rows64[:, None] * n + ii[None, :], z, mask=nmask)
+
+    # -- targets t_j = linspace(0, 1, m) and log weights
+    t = jj.to(tl.float32) / tl.maximum(m - 1, 1).to(tl.float32)
+    logb = tl.load(LOGB + jj, mask=jmask, other=0.0)
+    bw = tl.where(jmask, tl.exp(logb), 0.0)
+    loga = -tl.log(n.to(tl.float32))
+    cost = _cost(z, t)                                   # recomputed from z, t
+    f = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+
+    # -- DualSort initialisation of f (OTT's SortingInitializer, m == n only):
+    #    f_i <- min_j (C_ij - C_jj + f_j), while sum (df)^2 > tol, at most 100 times.
+    if INIT_SORT:
+        eye = ii[:, None] == jj[None, :]                 # [BLOCK_N, BLOCK_M]
+        ds_active = rmask
+        it = 0
+        while (it < 100) & (tl.sum(ds_active.to(tl.int32), axis=0) > 0):
+            diag = tl.sum(tl.where(eye[None, :, :], cost, 0.0), axis=1)      # C_jj  [ROWS, BLOCK_M]
+            fj = tl.sum(tl.where(eye[None, :, :], f[:, :, None], 0.0), axis=1)  # f_j
+            cand = cost - diag[:, None, :] + fj[:, None, :]
+            cand = tl.where(jmask[None, None, :], cand, float("inf"))
+            nf = tl.min(cand, axis=2)
+            diff = tl.sum(tl.where(nmask, (nf - f) * (nf - f), 0.0), axis=1)
+            f = tl.where(ds_active[:, None] & nmask, nf, f)
+            ds_active = ds_active & (diff > 1e-2)
+            it += 1
+        fmean = tl.sum(tl.where(nmask, f, 0.0), axis=1) / n
+        f = tl.where(nmask, f - fmean[:, None], 0.0)
+
+    # -- Sinkhorn iterations: g update, (error check), f update
+    g = tl.zeros((ROWS, BLOCK_M), dtype=tl.float32)
+    active = rmask
+    iters = tl.zeros((ROWS,), dtype=tl.int32)
+    c = 0
+    while (c < max_iter) & (tl.sum(active.to(tl.int32), axis=0) > 0):
+        # g_j = eps log b_j - eps LSE_i (f_i - C_ij) / eps   (padded sources masked out)
+        s = (f[:, :, None] - cost) / eps
+        s = tl.where((ii < n)[None, :, None], s, float("-inf"))
+        smax = tl.max(s, axis=1)
+        lse = smax + tl.log(tl.sum(tl.exp(s - smax[:, None, :]), axis=1))
+        gn = eps * logb[None, :] - eps * lse
+        # column-marginal L1 error of the current state: b_j exp((g_j - gn_j)/eps)
+        marg = bw[None, :] * tl.exp((g - gn) / eps)
+        err = tl.sum(tl.where(jmask[None, :], tl.abs(marg - bw[None, :]), 0.0), axis=1)
+        check = (c > 0) & (c % 10 == 0)
+        stop = active & check & ((err < threshold) | (err != err))
+        iters = tl.where(stop, c, iters)
+        active = active & (stop == 0)
+        # f_i = eps log a_i - eps LSE_j (g_j - C_ij) / eps   (padded targets masked out)
+        s = (gn[:, None, :] - cost) / eps
+        s = tl.where(jmask[None, None, :], s, float("-inf"))
+        smax = tl.max(s, axis=2)
+        lse = smax + tl.log(tl.sum(tl.exp(s - smax[:, :, None]), axis=2))
+        fn = eps * loga - eps * lse
+        g = tl.where(active[:, None], gn, g)
+        f = tl.where(active[:, None] & nmask, fn, f)
+        c += 1
+    iters = tl.where(active, c, iters)
+
+    tl.store(F + rows64[:, None] * n + ii[None, :], f, mask=nmask)
+    gmask = rmask[:, None] & jmask[None, :]
+    tl.store(G + rows64[:, None] * m + jj[None, :], g, mask=gmask)
+    tl.store(ITERS + rows, iters, mask=rmask)
+
+    # -- outputs from the plan T_ij = exp((f_i + g_j - C_ij) / eps), scaled by n
+    valid = nmask[:, :, None] & jmask[None, None, :]
+    plan = tl.where(valid, tl.exp((f[:, :, None] + g[:, None, :] - cost) / eps), 0.0) * n
+    if OUT_KIND == 0:
+        # sorted values  n T^T x  -> [R, m]
+        sv = tl.sum(plan * x[:, :, None], axis=1)
+        tl.store(OUT + rows64[:, None] * m + jj[None, :], sv, mask=gmask)
+    elif OUT_KIND == 1:
+        # ranks  n T [0..m-1] + 1 -> [R, n]
+        rk = tl.sum(plan * jj.to(tl.float32)[None, None, :], axis=2) + 1.0
+        tl.store(OUT + rows64[:, None] * n + ii[None, :], rk, mask=nmask)
+    else:
+        # plan columns -> OUT[r, col, i]; col = m-1-j (FLIP) or j - col0
+        if FLIP:
+            col = m - 1 - jj
+        else:
+            col = jj - col0
+        cmask = jmask & (col >= 0) & (col < ncol)
+        ptr = OUT + rows64[:, None, None] * ncol * n + col[None, None, :] * n + ii[None, :, None]
+        tl.store(ptr, plan, mask=nmask[:, :, None] & cmask[None, None, :])
+
+
+# %%
+# Backward kernel
+# ---------------
+# With T recomputed once in registers and G = dL/dT built from the output
+# cotangent, solve (diag(b) - n T^T T + 11^T/m) mu = v - n T^T u by conjugate
+# gradients (the Schur complement of the implicit system; see
+# fastsort/sinkhorn.py), lam = n (u - T mu), dC = T (lam + mu - G) / eps,
+# dz = 2 sum_j dC_ij (z_i - t_j), then the squash's chain rule.
+
+
+@triton.jit
+def _sinkhorn_bwd_kernel(
+    DOUT, X, Z, F, G, LOGB, DX,
+    R, n, m, ncol, col0,
+    eps, cg_iters,
+    SQUASH: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    rmask = rows < R
+    ii = tl.arange(0, BLOCK_N)
+    jj = tl.arange(0, BLOCK_M)
+    nmask = rmask[:, None] & (ii[None, :] < n)
+    jmask = jj < m
+    gmask = rmask[:, None] & jmask[None, :]
+    valid = nmask[:, :, None] & jmask[None, None, :]
+    rows64 = rows.to(tl.int64)
+    nf = n.to(tl.float32)
+
+    x = tl.load(X + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
+    z = tl.load(Z + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0)
+    f = tl.load(F + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0)
+    g = tl.load(G + rows64[:, None] * m + jj[None, :], mask=gmask, other=0.0)
+    t = jj.to(tl.float32) / tl.maximum(m - 1, 1).to(tl.float32)
+    bw = tl.where(jmask, tl.exp(tl.load(LOGB + jj, mask=jmask, other=0.0)), 0.0)
+    jf = jj.to(tl.float32)
+
+    cost = _cost(z, t)
+    T = tl.where(valid, tl.exp((f[:, :, None] + g[:, None, :] - cost) / eps), 0.0)
+
+    # -- G = dL/dT from the output cotangent
+    if OUT_KIND == 0:
+        ds = tl.load(DOUT + rows64[:, None] * m + jj[None, :], mask=gmask, other=0.0).to(tl.float32)
+        Gc = nf * x[:, :, None] * ds[:, None, :]
+    elif OUT_KIND == 1:
+        dr = tl.load(DOUT + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
+        Gc = nf * dr[:, :, None] * jf[None, None, :]
+    else:
+        if FLIP:
+            col = m - 1 - jj
+        else:
+            col = jj - col0
+        cmask = jmask & (col >= 0) & (col < ncol)
+        ptr = DOUT + rows64[:, None, None] * ncol * n + col[None, None, :] * n + ii[None, :, None]
+        Gc = nf * tl.load(ptr, mask=nmask[:, :, None] & cmask[None, None, :], other=0.0).to(tl.float32)
+    Gc = tl.where(valid, Gc, 0.0)
+    GT = Gc * T
+    u = tl.sum(GT, axis=2)                       # [ROWS, BLOCK_N]
+    v = tl.sum(GT, axis=1)                       # [ROWS, BLOCK_M]
+
+    # -- conjugate gradients on S mu = rhs, S = diag(b) - n T^T T + 11^T / m
+    rhs = v - nf * tl.sum(T * u[:, :, None], axis=1)
+    rhs = tl.where(gmask, rhs, 0.0)
+    inv_m = 1.0 / m.to(tl.float32)
+    mu = tl.zeros((ROWS, BLOCK_M), dtype=tl.float32)
+    r = rhs
+    p = r
+    rr = tl.sum(r * r, axis=1)
+    tol = 1e-12 * tl.sum(rhs * rhs, axis=1)
+    for _ in range(cg_iters):
+        Tp = tl.sum(T * p[:, None, :], axis=2)
+        Sp = bw[None, :] * p - nf * tl.sum(T * Tp[:, :, None], axis=1) + tl.sum(p, axis=1)[:, None] * inv_m
+        Sp = tl.where(gmask, Sp, 0.0)
+        pSp = tl.sum(p * Sp, axis=1)
+        go = rr > tol
+        alpha = tl.where(go & (pSp > 0), rr / tl.where(pSp > 0, pSp, 1.0), 0.0)
+        mu = mu + alpha[:, None] * p
+        r = r - alpha[:, None] * Sp
+        rr_new = tl.sum(r * r, axis=1)
+        beta = tl.where(go, rr_new / tl.where(rr > 0, rr, 1.0), 0.0)
+        p = tl.where(go[:, None], r + beta[:, None] * p, p)
+        rr = tl.where(go, rr_new, rr)
+    lam = nf * (u - tl.sum(T * mu[:, None, :], axis=2))
+
+    # -- dC, dz, squash chain rule
+    dC = T * (lam[:, :, None] + mu[:, None, :] - Gc) / eps
+    dC = tl.where(valid, dC, 0.0)
+    dz = 2.0 * (z * tl.sum(dC, axis=2) - tl.sum(dC * t[None, None, :], axis=2))
+    dz = tl.where(nmask, dz, 0.0)
+    if SQUASH:
+        mu_x = tl.sum(tl.where(nmask, x, 0.0), axis=1) / n
+        xc = tl.where(nmask, x - mu_x[:, None], 0.0)
+        sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
+        sc = sd + 1e-10
+        dy = tl.where(nmask, dz * z * (1.0 - z), 0.0)
+        dsd = tl.where(sd[:, None] > 0, xc / (nf * tl.where(sd > 0, sd, 1.0))[:, None], 0.0)
+        dx = (dy - (tl.sum(dy, axis=1) / n)[:, None]) / sc[:, None] \
+            - (tl.sum(dy * xc, axis=1) / (sc * sc))[:, None] * dsd
+    else:
+        dx = dz
+    if OUT_KIND == 0:
+        dx = dx + nf * tl.sum(T * ds[:, None, :], axis=2)
+    tl.store(DX + rows64[:, None] * n + ii[None, :], dx, mask=nmask)
+
+
+# %%
+# Launch heuristics
+# -----------------
+
+
+def _launch_config(n: int, m: int):
+    """(ROWS, BLOCK_N, BLOCK_M, num_warps) for a row length ``n`` and ``m`` targets."""
+    block_n = triton.next_power_of_2(max(n, 2))
+    block_m = triton.next_power_of_2(max(m, 2))
+    tile = block_n * block_m
+    if tile > MAX_TILE:
+        raise ValueError(
+            f"sinkhorn Triton kernels hold a row's n x m = {n} x {m} plan in registers "
+            f"(at most {MAX_TILE} elements after padding to powers of two); use backend='torch'"
+        )
+    rows = max(1, min(32, 4096 // tile))
+    tile_elems = rows * tile
+    num_warps = 4 if tile_elems <= 4096 else 8
+    return rows, block_n, block_m, num_warps
+
+
+def supports(n: int, m: int) -> bool:
+    """Whether the register-tile kernels handle a row of ``n`` inputs and ``m`` targets."""
+    return triton.next_power_of_2(max(n, 2)) * triton.next_power_of_2(max(m, 2)) <= MAX_TILE
+
+
+def _out_spec(kind: str, n: int, m: int, k):
+    """(OUT_KIND, FLIP, ncol, col0, output shape suffix)."""
+    if kind == "sort":
+        return OUT_SORT, False, m, 0, (m,)
+    if kind == "rank":
+        return OUT_RANK, False, m, 0, (n,)
+    if kind == "perm":
+        return OUT_PLAN, False, m, 0, (m, n)
+    if kind == "topk":
+        return OUT_PLAN, True, k, 0, (k, n)
+    if kind == "mask":
+        return OUT_PLAN, False, 1, 1, (n,)
+    raise ValueError(kind)
+
+
+def _uses_sort_init(kind, k, n):
+    return kind in ("sort", "perm") or (kind == "topk" and k == n)
+
+
+def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None):
+    """Run the fused forward. Returns ``(out, z, f, g)``; ``out`` may be passed pre-allocated."""
+    R, n = x.shape
+    m = b.shape[0]
+    rows, block_n, block_m, num_warps = _launch_config(n, m)
+    out_kind, flip, ncol, col0, suffix = _out_spec(kind, n, m, k)
+    dev = x.device
+    xf = x.contiguous()
+    z = torch.empty(R, n, device=dev, dtype=torch.float32)
+    f = torch.empty(R, n, device=dev, dtype=torch.float32)
+    g = torch.empty(R, m, device=dev, dtype=torch.float32)
+    iters = torch.empty(R, device=dev, dtype=torch.int32)
+    if out is None:
+        out = torch.empty((R,) + suffix, device=dev, dtype=torch.float32)
+    logb = b.to(torch.float32).log().contiguous()
+    grid = (triton.cdiv(R, rows),)
+    if R > 0:
+        _sinkhorn_fwd_kernel[grid](
+            xf, z, f, g, out, iters, logb, R, n, m, ncol, col0,
+            float(epsilon), float(threshold), int(max_iter),
+            SQUASH=bool(squash), INIT_SORT=_uses_sort_init(kind, k, n), OUT_KIND=out_kind, FLIP=flip,
+            ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
+        )
+    dt = x.dtype
+    sinkhorn_forward.last_iters = iters
+    return out.to(dt), z.to(dt), f.to(dt), g.to(dt)
+
+
+def sinkhorn_backward(grad, x, z, f, g, b, *, kind, k, epsilon, squash):
+    """Fused implicit backward; returns ``dL/dx`` (dtype of ``x``)."""
+    R, n = x.shape
+    m = b.shape[0]
+    rows, block_n, block_m, num_warps = _launch_config(n, m)
+    out_kind, flip, ncol, col0, _ = _out_spec(kind, n, m, k)
+    dx = torch.empty(R, n, device=x.device, dtype=torch.float32)
+    logb = b.to(torch.float32).log().contiguous()
+    f32 = lambda a: a.to(torch.float32).contiguous()  # noqa: E731
+    grid = (triton.cdiv(R, rows),)
+    if R > 0:
+        _sinkhorn_bwd_kernel[grid](
+            f32(grad), f32(x), f32(z), f32(f), f32(g), logb, dx, R, n, m, ncol, col0,
+            float(epsilon), int(2 * m + 10),
+            SQUASH=bool(squash), OUT_KIND=out_kind, FLIP=flip,
+            ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
+        )
+    return dx.to(x.dtype)
+
+
+# %%
+# Ahead-of-time compile variants
+# ------------------------------
+
+
+def aot_variants():
+    """Every constexpr variant the launchers use, with representative block shapes."""
+    fwd_sig = {
+        "X": "*fp32", "Z": "*fp32", "F": "*fp32", "G": "*fp32", "OUT": "*fp32", "ITERS": "*i32", "LOGB": "*fp32",
+        "R": "i32", "n": "i32", "m": "i32", "ncol": "i32", "col0": "i32",
+        "eps": "fp32", "threshold": "fp32", "max_iter": "i32",
+    }
+    bwd_sig = {
+        "DOUT": "*fp32", "X": "*fp32", "Z": "*fp32", "F": "*fp32", "G": "*fp32", "LOGB": "*fp32", "DX": "*fp32",
+        "R": "i32", "n": "i32", "m": "i32", "ncol": "i32", "col0": "i32", "eps": "fp32", "cg_iters": "i32",
+    }
+    fwd_const = ("SQUASH", "INIT_SORT", "OUT_KIND", "FLIP", "ROWS", "BLOCK_N", "BLOCK_M")
+    bwd_const = ("SQUASH", "OUT_KIND", "FLIP", "ROWS", "BLOCK_N", "BLOCK_M")
+    # (kind, n, k) -> (OUT_KIND, FLIP, INIT_SORT, m)
+    cases = [("sort", 33, None), ("rank", 33, None), ("perm", 16, None), ("topk", 100, 5), ("topk", 8, 8),
+             ("mask", 100, 5), ("topk", 4096, 1)]
+    variants = []
+    for kind, n, k in cases:
+        m = n if kind in ("sort", "rank", "perm") or (kind == "topk" and k == n) else (2 if kind == "mask" else k + 1)
+        rows, bn, bm, _ = _launch_config(n, m)
+        out_kind, flip, _, _, _ = _out_spec(kind, n, m, k)
+        for squash in (True, False):
+            tag = f"{kind}_n{n}_k{k}_{'sq' if squash else 'nosq'}"
+            cf = dict(zip(fwd_const, (squash, _uses_sort_init(kind, k, n), out_kind, flip, rows, bn, bm)))
+            cb = dict(zip(bwd_const, (squash, out_kind, flip, rows, bn, bm)))
+            variants.append((f"sinkhorn_fwd_{tag}", _sinkhorn_fwd_kernel,
+                             {**fwd_sig, **{c: "constexpr" for c in fwd_const}}, cf))
+            variants.append((f"sinkhorn_bwd_{tag}", _sinkhorn_bwd_kernel,
+                             {**bwd_sig, **{c: "constexpr" for c in bwd_const}}, cb))
+    return variants
