@@ -1,18 +1,26 @@
-"""The autograd Function of the relaxed sorting networks (one Function, two backends).
+"""The relaxed sorting networks as ``torch.library`` custom ops with a hand-written backward.
 
-``NetworkFunction.apply(x, init, table, relax, backend)`` returns
-``(y, S0)``: the soft values after the network and the reverse sweep
-``S0 = X init`` (see ``fastsort._torch_network``).  Its backward is written by
-hand in both backends; autograd never sees the layers.
+``network_apply(x, init, kind, k, relax, backend)`` returns ``(y, S0)``: the
+soft values after the network and the reverse sweep ``S0 = X init`` (see
+:mod:`fastsort._torch_network`).  Both backends sit behind the same two ops:
+
+* ``fastsort::network_forward``  -> ``y, S0, W, XIN, SHIST`` (the last three
+  are what the backward needs, empty when no gradient is required),
+* ``fastsort::network_backward`` -> ``dL/dx``,
+
+registered with autograd and fake (meta) implementations, so
+``torch.compile(fullgraph=True)`` traces through them with no graph break and
+autograd never sees the individual layers.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from . import _torch_network as _tn
-from .networks import NetworkTable
+from .networks import get_network
 
 
 class Relaxation(NamedTuple):
@@ -21,41 +29,93 @@ class Relaxation(NamedTuple):
     art_lambda: float
 
 
-def _triton_network():
-    from .kernels import network as kn  # lazy: importing triton only when used
+def _kernels():
+    from .kernels import network as kn  # lazy: import triton only when it is used
 
     return kn
 
 
-class NetworkFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, init, table: NetworkTable, relax: Relaxation, backend: str):
-        ctx.set_materialize_grads(False)
-        need_grad = x.requires_grad
-        if backend == "triton":
-            y, S0, saved = _triton_network().network_apply(x, table, init, relax, need_grad)
-        else:
-            y, S0, saved = _tn.network_apply(x, table, init, *relax, need_grad)
-        if S0 is None:
-            S0 = x.new_empty((x.shape[0], 0, x.shape[1]))
-        ctx.table, ctx.relax, ctx.backend, ctx.has_init = table, relax, backend, init is not None
-        ctx.saved = saved if need_grad else None
-        return y, S0
-
-    @staticmethod
-    def backward(ctx, gy: Optional[torch.Tensor], gS0: Optional[torch.Tensor]):
-        if ctx.saved is None:
-            return None, None, None, None, None
-        if not ctx.has_init:
-            gS0 = None
-        if ctx.backend == "triton":
-            gx = _triton_network().network_apply_backward(ctx.saved, ctx.table, ctx.relax, gy, gS0)
-        else:
-            gx = _tn.network_apply_backward(ctx.saved, ctx.table, *ctx.relax, gy, gS0)
-        ctx.saved = None
-        return gx, None, None, None, None
+def _table(kind: str, n: int, device, k: int):
+    return get_network(kind, n, device, k if k > 0 else None)
 
 
-def network_apply(x: torch.Tensor, init: Optional[torch.Tensor], table: NetworkTable, relax: Relaxation, backend: str):
+@torch.library.custom_op("fastsort::network_forward", mutates_args=())
+def _network_forward(
+    x: Tensor, init: Optional[Tensor], kind: str, k: int, distribution: str, steepness: float,
+    art_lambda: float, backend: str, need_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    table = _table(kind, x.shape[-1], x.device, k)
+    relax = Relaxation(distribution, steepness, art_lambda)
+    if backend == "triton":
+        y, S0, (W, XIN, SHIST) = _kernels().network_apply(x, table, init, relax, need_grad)
+    else:
+        y, S0, (W, XIN, SHIST) = _tn.network_apply(x, table, init, *relax, need_grad)
+    R, n = x.shape
+    empty = x.new_empty(0)
+    S0 = x.new_empty((R, 0, n)) if S0 is None else S0
+    keep = need_grad
+    return (y, S0, W if keep else empty, XIN if keep else empty,
+            SHIST if keep and SHIST is not None else empty)
+
+
+@_network_forward.register_fake
+def _(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad):
+    R, n = x.shape
+    D = _table(kind, n, "cpu", k).depth
+    C = 0 if init is None else init.shape[0]
+    empty = x.new_empty(0)
+    return (
+        x.new_empty((R, n)),
+        x.new_empty((R, C, n)),
+        x.new_empty((R, D, n)) if need_grad else empty,
+        x.new_empty((R, D, n)) if need_grad else empty,
+        x.new_empty((R, D, C, n)) if need_grad and C else empty,
+    )
+
+
+@torch.library.custom_op("fastsort::network_backward", mutates_args=())
+def _network_backward(
+    gy: Optional[Tensor], gS0: Optional[Tensor], W: Tensor, XIN: Tensor, SHIST: Tensor, kind: str, k: int,
+    distribution: str, steepness: float, art_lambda: float, backend: str,
+) -> Tensor:
+    table = _table(kind, XIN.shape[-1], XIN.device, k)
+    relax = Relaxation(distribution, steepness, art_lambda)
+    if gS0 is not None and gS0.shape[1] == 0:
+        gS0 = None
+    saved = (W, XIN, SHIST)
+    if backend == "triton":
+        return _kernels().network_apply_backward(saved, table, relax, gy, gS0)
+    return _tn.network_apply_backward(saved, table, *relax, gy, gS0)
+
+
+@_network_backward.register_fake
+def _(gy, gS0, W, XIN, SHIST, kind, k, distribution, steepness, art_lambda, backend):
+    return XIN.new_empty((XIN.shape[0], XIN.shape[2]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad = inputs
+    _, _, W, XIN, SHIST = output
+    ctx.save_for_backward(W, XIN, SHIST)
+    ctx.args = (kind, k, distribution, steepness, art_lambda, backend)
+    ctx.has_init = init is not None
+
+
+def _backward(ctx, gy, gS0, gW, gXIN, gSHIST):
+    W, XIN, SHIST = ctx.saved_tensors
+    if XIN.numel() == 0 and W.numel() == 0:
+        raise RuntimeError("fastsort: backward through a network op that was run without need_grad")
+    gx = _network_backward(gy, gS0 if ctx.has_init else None, W, XIN, SHIST, *ctx.args)
+    return gx, None, None, None, None, None, None, None, None
+
+
+_network_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def network_apply(x: Tensor, init: Optional[Tensor], kind: str, k: Optional[int], relax: Relaxation,
+                  backend: str) -> Tuple[Tensor, Tensor]:
     """``(y [R, n], S0 [R, C, n])`` for ``x [R, n]`` (float32/float64) and ``init [C, n]``."""
-    return NetworkFunction.apply(x, init, table, relax, backend)
+    need_grad = torch.is_grad_enabled() and x.requires_grad
+    y, S0, _, _, _ = _network_forward(x, init, kind, int(k or 0), relax.distribution, float(relax.steepness),
+                                      float(relax.art_lambda), backend, need_grad)
+    return y, S0

@@ -51,22 +51,24 @@ def forward_values(
     """Run the network on ``x [R, n]``.
 
     Returns ``(y, W, Xin)``: the soft values after the last layer, the mixing
-    weight of every wire in every layer ``W [D, R, n]``, and (if ``save``) the
-    input of every layer ``Xin [D, R, n]`` for the backward.
+    weight of every wire in every layer ``W [R, D, n]``, and (if ``save``) the
+    input of every layer ``Xin [R, D, n]`` for the backward (the layouts the
+    Triton kernels use too).
     """
     D = table.depth
-    W = x.new_empty((D,) + x.shape)
-    Xin = x.new_empty((D,) + x.shape) if save else None
+    R, n = x.shape
+    W = x.new_empty((R, D, n))
+    Xin = x.new_empty((R, D, n)) if save else None
     for l in range(D):
         idx, passthrough, is_lo, desc = _layer_setup(table, l)
         if save:
-            Xin[l] = x
+            Xin[:, l] = x
         xp = x[..., idx]
         d = torch.where(is_lo, xp - x, x - xp)
         alpha, _ = alpha_and_slope(d, distribution, steepness, art_lambda)
         w = torch.where(desc, 1 - alpha, alpha)
         w = torch.where(passthrough, torch.ones_like(w), w)
-        W[l] = w
+        W[:, l] = w
         x = torch.where(passthrough, x, w * x + (1 - w) * xp)
     return x, W, Xin
 
@@ -74,29 +76,30 @@ def forward_values(
 def sweep(W: torch.Tensor, table: NetworkTable, init: torch.Tensor, save: bool):
     """Reverse sweep ``S^0 = X S^D`` for ``init = S^D [C, n]`` (shared by all rows).
 
-    Returns ``(S0 [R, C, n], Shist)`` where ``Shist[l]`` is ``S^{l+1}``, the
-    block entering layer ``l``'s reverse mix (kept for the backward if ``save``).
+    Returns ``(S0 [R, C, n], Shist [R, D, C, n])`` where ``Shist[:, l]`` is
+    ``S^{l+1}``, the block entering layer ``l``'s reverse mix (kept for the
+    backward if ``save``).
     """
-    D, R, n = W.shape
+    R, D, n = W.shape
     S = init.to(W.dtype).expand(R, -1, -1)
-    Shist = W.new_empty((D, R) + tuple(init.shape)) if save else None
+    Shist = W.new_empty((R, D) + tuple(init.shape)) if save else None
     for l in range(D - 1, -1, -1):
         if save:
-            Shist[l] = S
-        S = _mix(S, W[l].unsqueeze(1), table.index[l])
+            Shist[:, l] = S
+        S = _mix(S, W[:, l].unsqueeze(1), table.index[l])
     return S, Shist
 
 
 def sweep_backward(gS0: torch.Tensor, W: torch.Tensor, table: NetworkTable, Shist: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`sweep`: ``dL/dW [D, R, n]`` from ``dL/dS^0 [R, C, n]``."""
-    D = W.shape[0]
+    """Adjoint of :func:`sweep`: ``dL/dW [R, D, n]`` from ``dL/dS^0 [R, C, n]``."""
+    D = W.shape[1]
     gW = torch.empty_like(W)
     g = gS0
     for l in range(D):
         idx = table.index[l]
-        S = Shist[l]
-        gW[l] = (g * (S - S[..., idx])).sum(1)
-        g = _mix(g, W[l].unsqueeze(1), idx)
+        S = Shist[:, l]
+        gW[:, l] = (g * (S - S[..., idx])).sum(1)
+        g = _mix(g, W[:, l].unsqueeze(1), idx)
     return gW
 
 
@@ -111,16 +114,16 @@ def backward_values(
     art_lambda: float,
 ) -> torch.Tensor:
     """Gradient w.r.t. the network input, given ``dL/dy`` and ``dL/dW`` (either may be None)."""
-    D = W.shape[0]
-    g = torch.zeros_like(Xin[0]) if gy is None else gy
+    D = W.shape[1]
+    g = torch.zeros_like(Xin[:, 0]) if gy is None else gy
     for l in range(D - 1, -1, -1):
         idx, passthrough, is_lo, desc = _layer_setup(table, l)
-        x = Xin[l]
+        x = Xin[:, l]
         xp = x[..., idx]
         gw = g * (x - xp)
         if gW is not None:
-            gw = gw + gW[l]
-        g = _mix(g, W[l], idx)
+            gw = gw + gW[:, l]
+        g = _mix(g, W[:, l], idx)
         # both wires of a comparator share alpha: dL/dalpha = +-(gw_i + gw_p)
         dalpha = gw + gw[..., idx]
         dalpha = torch.where(desc, -dalpha, dalpha)

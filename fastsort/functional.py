@@ -21,7 +21,6 @@ import torch
 from ._autograd import Relaxation, network_apply
 from ._dispatch import resolve_backend
 from ._torch_softmax_sorts import neuralsort_rows, softsort_rows
-from .networks import get_network
 from .relaxations import DISTRIBUTIONS
 
 __all__ = ["METHODS", "soft_sort", "soft_topk", "soft_rank", "soft_permutation", "soft_topk_mask"]
@@ -122,9 +121,8 @@ def _flatten(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
 
 # --------------------------------------------------------------------------- method kernels on [R, n]
 def _network(x2: torch.Tensor, method: str, p: Dict[str, Any], init: Optional[torch.Tensor], backend: str, k=None):
-    table = get_network(method, x2.shape[-1], x2.device, k)
     relax = Relaxation(p["distribution"], p["steepness"], p["art_lambda"])
-    return network_apply(x2, init, table, relax, backend)
+    return network_apply(x2, init, method, k if method == "splitter_selection" else None, relax, backend)
 
 
 def _topk_init(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
@@ -160,7 +158,14 @@ def _start(x, method, op, dim, backend, params):
     check_method(method, op)
     p = parse_params(method, params)
     x2, lead = _flatten(x, dim)
-    return p, x2, lead, resolve_backend(x2, backend)
+    return p, x2, lead, kernel_backend(x2, backend)
+
+
+def kernel_backend(x2: torch.Tensor, backend: str) -> str:
+    """:func:`resolve_backend`, except that float64 always runs on the torch path (the
+    kernels compute in float32; float64 is for references and gradcheck)."""
+    be = resolve_backend(x2, backend)
+    return "torch" if x2.dtype == torch.float64 else be
 
 
 # --------------------------------------------------------------------------- public ops

@@ -22,8 +22,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._dispatch import resolve_backend
-from .functional import METHODS, NETWORK_METHODS, _network, _rows_desc, check_method, parse_params
+from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
+from .functional import NETWORK_METHODS, _network, _rows_desc, check_method, kernel_backend, parse_params
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
 
@@ -70,7 +70,9 @@ def _check_logits_labels(logits, labels):
     C = logits.shape[1]
     # the range check needs the values on the host: done for CPU labels; on CUDA it would be a
     # device sync in the hot path, so there the kernels write NaN for an out-of-range label instead.
-    if labels.device.type == "cpu" and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= C):
+    # (and it is skipped while torch.compile traces: it is data-dependent)
+    if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling() \
+            and (int(labels.min()) < 0 or int(labels.max()) >= C):
         raise ValueError(f"labels must be in [0, n_classes) = [0, {C}), got values in "
                          f"[{int(labels.min())}, {int(labels.max())}]")
 
@@ -163,18 +165,15 @@ def topk_cross_entropy(
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    be = resolve_backend(x, backend)
-    if be == "triton" and method in NETWORK_METHODS:
-        from .kernels import topk_loss as _kl  # lazy: triton only when used
-
-        if _kl.supports(x, m):
-            loss = _kl.fused_topk_cross_entropy(x, labels, p, method, params, m, top1_mode)
-            return _reduce(loss, reduction).to(logits.dtype)
+    be = kernel_backend(x, backend)
+    c = rank_weights(p, top1_mode)
+    if be == "triton" and method in NETWORK_METHODS and m is not None and m <= MAX_FUSED_M:
+        loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]))
+        return _reduce(loss, reduction).to(logits.dtype)
     y = labels
     if m is not None:
         x = preselect(x, labels, m)
         y = torch.zeros_like(labels)
-    c = rank_weights(p, top1_mode)
     q = weighted_column(x, y, c, method, params, be) if any(c) else x.new_zeros(B)
     if top1_mode == "sm":
         q = q + p[0] * torch.softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)

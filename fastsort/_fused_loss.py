@@ -1,0 +1,89 @@
+"""The fused Triton top-k cross-entropy as a ``torch.library`` custom op.
+
+``fastsort::topk_ce_fused`` returns the per-row loss and, when a gradient is
+needed, the gradient w.r.t. the ``m`` preselected logits of each row and
+their columns; its registered backward (``fastsort::topk_ce_fused_backward``)
+writes the dense ``dlogits`` once, scaled by ``grad_output``.  See
+:mod:`fastsort.kernels.topk_loss` for the kernel.
+"""
+from __future__ import annotations
+
+import functools
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+from .networks import get_network
+
+#: the fused kernel serves top-m preselection up to this many wires
+MAX_FUSED_M = 256
+
+
+def _kernels():
+    from .kernels import topk_loss  # lazy: import triton only when it is used
+
+    return topk_loss
+
+
+@functools.lru_cache(maxsize=256)
+def _position_weights(c: Tuple[float, ...], m: int, device: str) -> Tensor:
+    """``v [m]``: weight of each ascending position (position ``m - r`` has ``c_r``)."""
+    v = torch.zeros(m, dtype=torch.float32)
+    v[m - len(c):] = torch.tensor(c[::-1], dtype=torch.float32)
+    return v.to(device)
+
+
+@torch.library.custom_op("fastsort::topk_ce_fused", mutates_args=())
+def _topk_ce_fused(
+    logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str, steepness: float,
+    art_lambda: float, mode: str, p_first: float, p_rest: float, need_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
+    v = _position_weights(tuple(c), m, str(logits.device))
+    return _kernels().fused_forward(logits, labels, v, table, (distribution, steepness, art_lambda), m, mode,
+                                    p_first, p_rest, need_grad)
+
+
+@_topk_ce_fused.register_fake
+def _(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
+    B = logits.shape[0]
+    w = m if need_grad else 0
+    return (logits.new_empty(B, dtype=torch.float32), logits.new_empty((B, w), dtype=torch.float32),
+            logits.new_empty((B, w), dtype=torch.int32))
+
+
+@torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())
+def _topk_ce_fused_backward(gsel: Tensor, idx: Tensor, grad_loss: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
+    return _kernels().scatter_backward(gsel, idx, grad_loss, n_classes, dtype)
+
+
+@_topk_ce_fused_backward.register_fake
+def _(gsel, idx, grad_loss, n_classes, dtype):
+    return gsel.new_empty((gsel.shape[0], n_classes), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    logits = inputs[0]
+    _, gsel, idx = output
+    ctx.save_for_backward(gsel, idx)
+    ctx.n_classes, ctx.dtype = logits.shape[1], logits.dtype
+
+
+def _backward(ctx, g_loss, g_gsel, g_idx):
+    gsel, idx = ctx.saved_tensors
+    dx = _topk_ce_fused_backward(gsel, idx, g_loss, ctx.n_classes, ctx.dtype)
+    return (dx,) + (None,) * 11
+
+
+_topk_ce_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, params: dict,
+                             mode: str, p_first: float, p_rest: float) -> Tensor:
+    """Per-row fused loss ``[B]`` (float32) with top-m preselection."""
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, _, _ = _topk_ce_fused(logits, labels, [float(v) for v in c], kind, m, params["distribution"],
+                                float(params["steepness"]), float(params["art_lambda"]), mode, float(p_first),
+                                float(p_rest), need_grad)
+    return loss

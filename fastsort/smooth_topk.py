@@ -1,0 +1,324 @@
+"""Smooth top-k SVM losses (Berrada, Zisserman and Kumar, ICLR 2018).
+
+"Smooth Loss Functions for Deep Top-k Classification" smooths the top-k
+multi-class SVM loss with a temperature ``tau``. For one sample with scores
+``x`` (``C`` classes) and true class ``y``, let ``x1`` be the ``C - 1`` scores
+of the other classes and ``x2 = x[y]``, both divided by ``k * tau``, and let
+``e_j`` be the elementary symmetric polynomial of degree ``j`` of ``exp(x1)``.
+Then::
+
+    loss = tau * (log(e_k * exp(alpha / tau) + e_{k-1} * exp(x2))
+                  - log(e_{k-1} * exp(x2)))
+         = tau * softplus(alpha / tau + log e_k - log e_{k-1} - x2)
+
+The *hard* variant (``SmoothHardTopKLoss``) switches, per sample, to the
+non-smooth top-k SVM loss when the gap between the k-th and (k+1)-th largest
+score (over all classes) is at least ``k * tau * log(1000)``, i.e. where the
+smooth loss is numerically indistinguishable from the hard one::
+
+    hard_loss = max(0, mean(topk(x1 + alpha, k)) - (sum(topk(x1, k - 1)) + x[y]) / k)
+
+(unscaled scores). Both match ``difftopk.SmoothTopKLoss`` and
+``difftopk.SmoothHardTopKLoss`` (difftopk 0.2.0, alpha = 1), whose "mean" is
+the sum of the per-sample losses divided by the batch size.
+
+The elementary symmetric polynomials are computed in log space by
+:func:`log_elementary_symmetric` (a divide-and-conquer product of the
+polynomials ``1 + exp(x_i) t``, truncated at degree ``k``), so plain autograd
+gives exact, finite gradients.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = [
+    "log_elementary_symmetric",
+    "smooth_topk_svm_loss",
+    "SmoothTopKLoss",
+    "SmoothHardTopKLoss",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
+# difftopk's switch to the hard loss: gap >= k * tau * log(_HARD_THRESH)
+_HARD_THRESH = 1e3
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------
+# log-space elementary symmetric polynomials
+# ---------------------------------------------------------------------------
+
+
+def _safe_logsumexp(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` whose gradient stays finite when a whole slice is ``-inf``.
+
+    ``torch.logsumexp`` returns ``-inf`` for an all ``-inf`` slice but its
+    backward then computes ``exp(-inf - (-inf)) = nan``; here such slices get a
+    zero gradient. NaN inputs still give NaN.
+    """
+    m = t.amax(dim=dim, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(t - m).sum(dim=dim)
+    m = m.squeeze(dim)
+    empty = s == 0
+    s_safe = torch.where(empty, torch.ones_like(s), s)
+    return torch.where(empty, torch.full_like(s, -math.inf), m + torch.log(s_safe))
+
+
+def _log_poly_mul(a: torch.Tensor, b: torch.Tensor, n_coeffs: int) -> torch.Tensor:
+    """Product of polynomials given by log coefficients, truncated to ``n_coeffs``.
+
+    ``a`` and ``b`` have shape ``[..., d]`` (coefficients of degree ``0..d-1``);
+    returns ``[..., min(2d - 1, n_coeffs)]`` with
+    ``c_j = logsumexp_i(a_i + b_{j-i})``.
+    """
+    d = a.shape[-1]
+    d_out = min(2 * d - 1, n_coeffs)
+    i = torch.arange(d, device=a.device)[:, None]
+    j = torch.arange(d_out, device=a.device)[None, :]
+    shift = j - i  # [d, d_out]: degree of b paired with a_i for output degree j
+    valid = (shift >= 0) & (shift < d)
+    b_toeplitz = b[..., shift.clamp(0, d - 1)]  # [..., d, d_out]
+    b_toeplitz = b_toeplitz.masked_fill(~valid, -math.inf)
+    return _safe_logsumexp(a.unsqueeze(-1) + b_toeplitz, dim=-2)
+
+
+def log_elementary_symmetric(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Log of the elementary symmetric polynomials ``e_0 .. e_k`` of ``exp(x)``.
+
+    ``e_j(z) = sum over subsets S of size j of prod_{i in S} z_i``, taken along
+    the last dimension. The result is computed entirely in log space (pairwise
+    divide-and-conquer products of ``1 + exp(x_i) t`` truncated at degree
+    ``k``, ``ceil(log2(n))`` vectorised steps), so it neither overflows nor
+    underflows, and it is differentiable with finite gradients.
+
+    Args:
+        x: floating tensor of shape ``[..., n]`` (``-inf`` entries stand for
+            zeros of ``exp(x)``).
+        k: highest degree, ``k >= 0``; degrees above ``n`` give ``-inf``.
+
+    Returns:
+        Tensor of shape ``[..., k + 1]``: ``out[..., j] = log e_j(exp(x))``
+        (``out[..., 0] == 0``).
+
+    Example:
+        >>> x = torch.log(torch.tensor([1.0, 2.0, 3.0]))
+        >>> log_elementary_symmetric(x, 3).exp().round()
+        tensor([ 1.,  6., 11.,  6.])
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it with x.float()")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (the last one is reduced), got a 0-d tensor")
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+
+    n_coeffs = k + 1
+    if x.shape[-1] == 0:  # empty product: e_0 = 1, e_j = 0
+        out = x.new_full((*x.shape[:-1], n_coeffs), -math.inf)
+        out[..., 0] = 0.0
+        return out
+
+    # one polynomial 1 + exp(x_i) t per entry: log coefficients [0, x_i]
+    polys = torch.stack([torch.zeros_like(x), x], dim=-1)[..., :n_coeffs]  # [..., n, d]
+    while polys.shape[-2] > 1:
+        if polys.shape[-2] % 2:  # pad with the polynomial 1 (log coefficients [0, -inf, ...])
+            one = x.new_full((*polys.shape[:-2], 1, polys.shape[-1]), -math.inf)
+            one[..., 0] = 0.0
+            polys = torch.cat([polys, one], dim=-2)
+        polys = _log_poly_mul(polys[..., 0::2, :], polys[..., 1::2, :], n_coeffs)
+    out = polys[..., 0, :]
+    if out.shape[-1] < n_coeffs:  # k > n: e_j = 0 for j > n
+        out = torch.cat([out, out.new_full((*out.shape[:-1], n_coeffs - out.shape[-1]), -math.inf)], dim=-1)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------
+
+
+def _check_k(k) -> int:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+        raise TypeError(f"k must be an int (the top-k size), got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def _check_tau(tau) -> float:
+    if not isinstance(tau, numbers.Real) or isinstance(tau, bool):
+        raise TypeError(f"tau must be a positive real number, got {type(tau).__name__}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    return float(tau)
+
+
+def _check_alpha(alpha) -> float:
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a real number (the SVM margin), got {type(alpha).__name__}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    return float(alpha)
+
+
+def _check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _check_inputs(logits, labels, k: int) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D [batch, num_classes], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}; use logits.float()")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D [batch] class indices, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}; use labels.long()")
+    batch, num_classes = logits.shape
+    if labels.shape[0] != batch:
+        raise ValueError(f"labels must have length batch={batch} (logits.shape[0]), got {labels.shape[0]}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
+    if k >= num_classes:
+        raise ValueError(f"k must be < num_classes={num_classes} (logits.shape[1]), got k={k}")
+    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must be in [0, num_classes={num_classes}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def smooth_topk_svm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    k: int,
+    tau: float = 1.0,
+    alpha: float = 1.0,
+    hard: bool = False,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Smooth top-k SVM loss of Berrada et al. (2018).
+
+    Args:
+        logits: ``[B, C]`` floating scores (float16/bfloat16 are computed in
+            float32 and the result is cast back).
+        labels: ``[B]`` integer class indices in ``[0, C)``.
+        k: top-k size, ``1 <= k < C``.
+        tau: temperature ``> 0``; smaller is closer to the hard top-k SVM.
+        alpha: margin (difftopk uses 1).
+        hard: per-sample switch to the hard top-k SVM loss where the k-th and
+            (k+1)-th largest scores differ by ``>= k * tau * log(1000)``
+            (``difftopk.SmoothHardTopKLoss``).
+        reduction: ``"mean"`` (sum over the batch divided by ``B``, as
+            difftopk), ``"sum"`` or ``"none"`` (``[B]`` per-sample losses).
+
+    Returns:
+        A scalar (``"mean"``/``"sum"``) or a ``[B]`` tensor, in the dtype of
+        ``logits``.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+        >>> labels = torch.tensor([0, 2])
+        >>> smooth_topk_svm_loss(logits, labels, k=2, tau=1.0).shape
+        torch.Size([])
+    """
+    k = _check_k(k)
+    tau = _check_tau(tau)
+    alpha = _check_alpha(alpha)
+    reduction = _check_reduction(reduction)
+    _check_inputs(logits, labels, k)
+
+    out_dtype = logits.dtype
+    x = logits.float() if out_dtype in _LOW_PRECISION else logits
+    batch, num_classes = x.shape
+    labels = labels.long()
+
+    # x1: the C-1 other scores (in class order), x2: the true-class score
+    cols = torch.arange(num_classes - 1, device=x.device).expand(batch, -1)
+    cols = cols + (cols >= labels[:, None]).long()
+    x1 = x.gather(1, cols)
+    x2 = x.gather(1, labels[:, None]).squeeze(1)
+
+    scale = k * tau
+    log_e = log_elementary_symmetric(x1 / scale, k)
+    z = alpha / tau + log_e[:, k] - log_e[:, k - 1] - x2 / scale
+    loss = tau * torch.logaddexp(z, torch.zeros_like(z))  # tau * softplus(z)
+
+    if hard:
+        top = x.detach().topk(k + 1, dim=1).values
+        is_hard = (top[:, k - 1] - top[:, k]) >= k * tau * math.log(_HARD_THRESH)
+        max_1 = (x1 + alpha).topk(k, dim=1).values.mean(dim=1)
+        max_2 = (x1.topk(k - 1, dim=1).values.sum(dim=1) + x2) / k
+        hard_loss = torch.clamp(max_1 - max_2, min=0)
+        loss = torch.where(is_hard, hard_loss, loss)
+
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss.to(out_dtype)
+
+
+class SmoothTopKLoss(torch.nn.Module):
+    """Smooth top-k SVM loss (``difftopk.SmoothTopKLoss``) as a module.
+
+    Args:
+        k: top-k size, ``1 <= k < C``.
+        tau: temperature ``> 0``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+
+    Shapes: ``forward(logits [B, C] float, labels [B] int)`` returns a scalar,
+    or ``[B]`` with ``reduction="none"``.
+
+    Example:
+        >>> loss_fn = SmoothTopKLoss(k=2, tau=0.5)
+        >>> loss = loss_fn(torch.randn(4, 10, requires_grad=True), torch.tensor([1, 0, 9, 3]))
+        >>> loss.backward()
+    """
+
+    hard = False
+
+    def __init__(self, k: int, tau: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        self.k = _check_k(k)
+        self.tau = _check_tau(tau)
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return smooth_topk_svm_loss(
+            logits, labels, self.k, tau=self.tau, alpha=1.0, hard=self.hard, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, tau={self.tau}, reduction={self.reduction!r}"
+
+
+class SmoothHardTopKLoss(SmoothTopKLoss):
+    """Smooth top-k SVM loss with the per-sample hard switch (``difftopk.SmoothHardTopKLoss``).
+
+    Samples whose k-th and (k+1)-th largest scores differ by at least
+    ``k * tau * log(1000)`` use the hard top-k SVM loss, the others the smooth
+    one. Same arguments and shapes as :class:`SmoothTopKLoss`.
+
+    Example:
+        >>> loss_fn = SmoothHardTopKLoss(k=1, tau=1.0)
+        >>> loss_fn(torch.tensor([[100.0, 0.0, -5.0]]), torch.tensor([0]))
+        tensor(0.)
+    """
+
+    hard = True

@@ -1,0 +1,295 @@
+"""Fused top-k cross-entropy: one pass over the logits for the loss and its gradient.
+
+For each row of ``logits [B, C]`` one program (several rows per program):
+
+1. **Top-m preselection in registers.**  Every logit becomes an ``int64`` key
+   whose high 32 bits order like the float value and whose low 32 bits hold
+   the column, so one ``tl.max`` finds value and column at once.  The row is
+   read in blocks of ``BLOCK_C`` columns; the ``m - 1`` largest keys other
+   than the label are extracted by repeated maxima from the union of the
+   block and the running list (``O(C m)``, no sort of the whole row; any
+   ``C``, tested to 32768).
+2. **The network on the m wires** (label on wire 0, then the others in
+   descending order, exactly difftopk's layout), walking the same layer
+   tables as :mod:`fastsort.kernels.network`.  The loss needs only
+   ``q_net = e_0^T X v`` with ``v`` the per-position weights of ``P_K``, so the
+   row vector ``a = e_0^T L_1 ... L_l`` is carried along the forward pass:
+   no sweep, no k rows, ``O(m D)``.
+3. **The loss** for ``top1_mode`` (``sm`` adds ``p_1 softmax_0``, ``smce`` a
+   ``p_1`` cross-entropy term; both over the m preselected logits, as difftopk)
+   and, when a gradient is needed, **its gradient w.r.t. the m wires** by the
+   reverse pass: ``dq/dw_j = u_j (a_j - a_p)`` with ``u`` the backward sweep of
+   ``v``, plus the values adjoint through the relaxation's derivative.
+
+The per-layer ``x``, ``w`` and ``a`` live in a small per-row scratch between
+the forward and the reverse loop (``3 D m`` floats, L2 resident).
+
+Only ``m`` gradient entries per row are non-zero, so the forward stores them
+(``[B, m]`` values and columns) and the backward writes the dense
+``dlogits`` once, already scaled by ``grad_output``: the logits are read once
+and their gradient is written once.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import interpreting, next_pow2, num_warps
+from .relaxations import relax
+
+MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
+#: -inf logits are sorted as this finite value (alpha exactly 0 or 1 against it)
+NEG_BIG: tl.constexpr = -1e30
+KEY_MIN: tl.constexpr = -9223372036854775808
+
+
+@triton.jit
+def _key(val, col):
+    """int64 key ordered like ``val`` (float32) with the column in the low bits."""
+    bits = val.to(tl.int32, bitcast=True)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed-int order == float order
+    return (ordered.to(tl.int64) << 32) | col.to(tl.int64)
+
+
+@triton.jit
+def _unkey(key):
+    ordered = (key >> 32).to(tl.int32)
+    bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True), (key & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def topk_ce_fused_kernel(
+    X, LABELS, V, PARTNER, DESC,
+    LOSS, GSEL, IDX, XS, WS, AS,
+    B, C, m, D, stride_x, steepness, art_lambda, p_first, p_rest,
+    DIST: tl.constexpr, MODE: tl.constexpr, NEED_GRAD: tl.constexpr,
+    ROWS: tl.constexpr, MP: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]  # [ROWS, 1]
+    rmask = rows < B
+    lanes = tl.arange(0, MP)[None, :]  # wires
+    lmask = lanes < m
+    mask = rmask & lmask
+
+    label = tl.load(LABELS + rows, mask=rmask, other=0)
+    bad_label = (label < 0) | (label >= C)
+    label = tl.where(bad_label, 0, label)
+
+    # ---- 1. top-(m-1) of the other logits: running list of keys on lanes 1..m-1
+    top = tl.full((ROWS, MP), KEY_MIN, tl.int64)
+    cols = tl.arange(0, BLOCK_C)[None, :]
+    for start in range(0, C, BLOCK_C):
+        c = start + cols
+        ok = rmask & (c < C) & (c != label)
+        val = tl.load(X + rows * stride_x + c, mask=ok, other=0.0).to(tl.float32)
+        keys = tl.where(ok, _key(val, c), KEY_MIN)
+        old = top
+        top = tl.full((ROWS, MP), KEY_MIN, tl.int64)
+        for r in range(1, m):
+            best = tl.maximum(tl.max(keys, axis=1), tl.max(old, axis=1))[:, None]
+            top = tl.where(lanes == r, best, top)
+            keys = tl.where(keys == best, KEY_MIN, keys)
+            old = tl.where(old == best, KEY_MIN, old)
+
+    xv, idx = _unkey(top)
+    x_label = tl.load(X + rows * stride_x + label, mask=rmask, other=0.0).to(tl.float32)
+    x = tl.where(lanes == 0, x_label, xv)  # the m wires: label first
+    idx = tl.where(lanes == 0, label.to(tl.int32), idx)
+
+    # ---- softmax over the m preselected logits (difftopk's top-1 terms)
+    xs = tl.where(lmask, x, float("-inf"))
+    mx = tl.max(xs, axis=1)[:, None]
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    e = tl.exp(xs - mx)
+    se = tl.sum(e, axis=1)[:, None]
+    sm = e / se
+    sm0 = tl.sum(tl.where(lanes == 0, sm, 0.0), axis=1)[:, None]
+
+    # ---- 2. network forward on the wires, carrying a = e_0^T L_1 ... L_l
+    xn = tl.maximum(x, NEG_BIG)
+    xn = tl.where(x != x, x, xn)  # keep NaN
+    a = tl.where(lanes == 0, 1.0, 0.0) + tl.zeros((ROWS, MP), tl.float32)
+    for l in range(D):
+        p = tl.load(PARTNER + l * m + lanes, mask=lmask, other=0)
+        p = tl.where(lmask, p, lanes)
+        desc = tl.load(DESC + l * m + lanes, mask=lmask, other=0) != 0
+        is_lo = p > lanes
+        keep = p == lanes
+        pi = tl.broadcast_to(p, (ROWS, MP))
+        xp = tl.gather(xn, pi, axis=1)
+        d = tl.where(is_lo, xp - xn, xn - xp)
+        alpha, _ = relax(d, steepness, art_lambda, DIST)
+        w = tl.where(keep, 1.0, tl.where(desc, 1.0 - alpha, alpha))
+        if NEED_GRAD:
+            off = rows * D * MP + l * MP + lanes
+            tl.store(XS + off, xn, mask=rmask)
+            tl.store(WS + off, w, mask=rmask)
+            tl.store(AS + off, a, mask=rmask)
+        xn = tl.where(keep, xn, w * xn + (1.0 - w) * xp)
+        a = w * a + (1.0 - w) * tl.gather(a, pi, axis=1)
+    v = tl.load(V + lanes, mask=lmask, other=0.0)
+    q_net = tl.sum(a * v, axis=1)[:, None]
+
+    # ---- 3. the loss and dloss/dq
+    if MODE == 0:  # sm
+        q = p_first * sm0 + q_net
+        loss = -tl.log(q * (1.0 - 2e-7) + 1e-7)
+        g_net = -(1.0 - 2e-7) / (q * (1.0 - 2e-7) + 1e-7)
+        g_x = g_net * p_first * sm0 * (tl.where(lanes == 0, 1.0, 0.0) - sm)
+    elif MODE == 1:  # smce
+        ce = tl.log(se) + mx - x_label
+        loss = p_first * ce - p_rest * tl.log(q_net * (1.0 - 2e-7) + 1e-7)
+        g_net = -p_rest * (1.0 - 2e-7) / (q_net * (1.0 - 2e-7) + 1e-7)
+        g_x = p_first * (sm - tl.where(lanes == 0, 1.0, 0.0))
+    else:  # sort
+        loss = -tl.log(q_net * (1.0 - 2e-7) + 1e-7)
+        g_net = -(1.0 - 2e-7) / (q_net * (1.0 - 2e-7) + 1e-7)
+        g_x = tl.zeros((ROWS, MP), tl.float32)
+    loss = tl.where(bad_label, float("nan"), loss)
+    tl.store(LOSS + rows, loss, mask=rmask)
+
+    if NEED_GRAD:
+        tl.debug_barrier()
+        # ---- reverse pass: u = backward sweep of v, g = adjoint of the values
+        u = v + tl.zeros((ROWS, MP), tl.float32)
+        g = tl.zeros((ROWS, MP), tl.float32)
+        for i in range(D):
+            l = D - 1 - i
+            p = tl.load(PARTNER + l * m + lanes, mask=lmask, other=0)
+            p = tl.where(lmask, p, lanes)
+            desc = tl.load(DESC + l * m + lanes, mask=lmask, other=0) != 0
+            is_lo = p > lanes
+            keep = p == lanes
+            pi = tl.broadcast_to(p, (ROWS, MP))
+            off = rows * D * MP + l * MP + lanes
+            xl = tl.load(XS + off, mask=rmask, other=0.0)
+            w = tl.load(WS + off, mask=rmask, other=1.0)
+            al = tl.load(AS + off, mask=rmask, other=0.0)
+            xp = tl.gather(xl, pi, axis=1)
+            gw = g * (xl - xp) + g_net * u * (al - tl.gather(al, pi, axis=1))
+            g = w * g + (1.0 - w) * tl.gather(g, pi, axis=1)
+            u = w * u + (1.0 - w) * tl.gather(u, pi, axis=1)
+            dalpha = gw + tl.gather(gw, pi, axis=1)
+            dalpha = tl.where(desc, -dalpha, dalpha)
+            d = tl.where(is_lo, xp - xl, xl - xp)
+            _, slope = relax(d, steepness, art_lambda, DIST)
+            dd = dalpha * slope
+            g += tl.where(keep, 0.0, tl.where(is_lo, -dd, dd))
+        # -inf logits were clamped: no gradient flows to them
+        g = tl.where(x < NEG_BIG, 0.0, g) + g_x
+        g = tl.where(bad_label, float("nan"), g)
+        tl.store(GSEL + rows * m + lanes, g, mask=mask)
+        tl.store(IDX + rows * m + lanes, idx, mask=mask)
+
+
+@triton.jit
+def scatter_rows_kernel(
+    GSEL, IDX, GOUT, DX, B, C, m, stride_dx,
+    GOUT_PER_ROW: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Dense ``dlogits``: ``GSEL * grad_output`` at the ``m`` selected columns, 0 elsewhere (one write)."""
+    pid = tl.program_id(0)
+    cid = tl.program_id(1)
+    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    rmask = rows < B
+    cols = cid * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    if GOUT_PER_ROW:
+        go = tl.load(GOUT + rows, mask=rmask, other=0.0)
+    else:
+        go = tl.load(GOUT)
+    out = tl.zeros((ROWS, BLOCK_C), tl.float32)
+    for j in range(m):
+        cj = tl.load(IDX + rows * m + j, mask=rmask, other=-1)
+        gj = tl.load(GSEL + rows * m + j, mask=rmask, other=0.0)
+        out = tl.where(cols == cj, gj * go, out)
+    tl.store(DX + rows * stride_dx + cols, out.to(DX.dtype.element_ty), mask=rmask & (cols < C))
+
+
+# --------------------------------------------------------------------------- launchers
+def _config(B: int, C: int, MP: int):
+    BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
+    if interpreting():
+        ROWS = max(1, min(next_pow2(B), 65536 // BLOCK_C))
+    else:
+        ROWS = max(1, min(next_pow2(B), 2048 // BLOCK_C, 1024 // MP))
+    return ROWS, BLOCK_C
+
+
+def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_first: float, p_rest: float,
+                  need_grad: bool):
+    """``(loss [B] fp32, gsel [B, m] fp32, idx [B, m] int32)`` for ``logits [B, C]`` (any float dtype)."""
+    distribution, steepness, art_lambda = relax_params
+    from ..relaxations import DISTRIBUTION_CODES
+
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    B, C = logits.shape
+    labels = labels.to(torch.int64).contiguous()
+    D = table.depth
+    MP = next_pow2(m)
+    dev = logits.device
+    loss = torch.empty(B, device=dev, dtype=torch.float32)
+    if need_grad:
+        gsel = torch.empty((B, m), device=dev, dtype=torch.float32)
+        idx = torch.empty((B, m), device=dev, dtype=torch.int32)
+        scratch = torch.empty((3, B, D, MP), device=dev, dtype=torch.float32)
+        XS, WS, AS = scratch[0], scratch[1], scratch[2]
+    else:
+        gsel = idx = XS = WS = AS = loss
+    ROWS, BLOCK_C = _config(B, C, MP)
+    topk_ce_fused_kernel[(triton.cdiv(B, ROWS),)](
+        logits, labels, v, table.partner, table.desc.view(torch.int8),
+        loss, gsel if need_grad else loss, idx if need_grad else loss, XS, WS, AS,
+        B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
+        DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode], NEED_GRAD=need_grad,
+        ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=num_warps(ROWS * BLOCK_C),
+    )
+    if not need_grad:
+        gsel = idx = loss.new_empty((B, 0))
+    return loss, gsel, idx
+
+
+def scatter_backward(gsel, idx, grad_out, C: int, dtype):
+    """Dense ``dlogits [B, C]`` in ``dtype`` from the per-row selected gradients."""
+    B, m = gsel.shape
+    dx = torch.empty((B, C), device=gsel.device, dtype=dtype)
+    BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
+    ROWS = max(1, min(next_pow2(B), (4096 if not interpreting() else 65536) // BLOCK_C))
+    grad_out = grad_out.to(torch.float32).contiguous()
+    scatter_rows_kernel[(triton.cdiv(B, ROWS), triton.cdiv(C, BLOCK_C))](
+        gsel, idx, grad_out, dx, B, C, m, dx.stride(0),
+        GOUT_PER_ROW=grad_out.numel() > 1, ROWS=ROWS, BLOCK_C=BLOCK_C, num_warps=num_warps(ROWS * BLOCK_C),
+    )
+    return dx
+
+
+def aot_variants():
+    """Every ``constexpr`` variant the launchers use: ``(test_id, jit_fn, signature, constexprs)``."""
+    from ..relaxations import DISTRIBUTIONS
+
+    sig = {"X": "*fp32", "LABELS": "*i64", "V": "*fp32", "PARTNER": "*i32", "DESC": "*i8",
+           "LOSS": "*fp32", "GSEL": "*fp32", "IDX": "*i32", "XS": "*fp32", "WS": "*fp32", "AS": "*fp32",
+           "B": "i32", "C": "i32", "m": "i32", "D": "i32", "stride_x": "i32", "steepness": "fp32",
+           "art_lambda": "fp32", "p_first": "fp32", "p_rest": "fp32",
+           "DIST": "constexpr", "MODE": "constexpr", "NEED_GRAD": "constexpr", "ROWS": "constexpr",
+           "MP": "constexpr", "BLOCK_C": "constexpr"}
+    out = []
+    for code, name in enumerate(DISTRIBUTIONS):
+        for mode, mcode in MODE_CODES.items():
+            for need_grad in (False, True):
+                out.append((f"topk_ce_fused_kernel-{name}-{mode}-grad{int(need_grad)}", topk_ce_fused_kernel, sig,
+                            dict(DIST=code, MODE=mcode, NEED_GRAD=need_grad, ROWS=2, MP=16, BLOCK_C=1024)))
+    for dt, tname in (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16")):
+        s = dict(sig, X=f"*{dt}")
+        out.append((f"topk_ce_fused_kernel-{tname}-input", topk_ce_fused_kernel, s,
+                    dict(DIST=4, MODE=0, NEED_GRAD=True, ROWS=2, MP=16, BLOCK_C=1024)))
+        ssig = {"GSEL": "*fp32", "IDX": "*i32", "GOUT": "*fp32", "DX": f"*{dt}", "B": "i32", "C": "i32",
+                "m": "i32", "stride_dx": "i32", "GOUT_PER_ROW": "constexpr", "ROWS": "constexpr",
+                "BLOCK_C": "constexpr"}
+        for per_row in (False, True):
+            out.append((f"scatter_rows_kernel-{tname}-perrow{int(per_row)}", scatter_rows_kernel, ssig,
+                        dict(GOUT_PER_ROW=per_row, ROWS=4, BLOCK_C=1024)))
+    return out
