@@ -51,11 +51,10 @@ def _network_forward(
     else:
         y, S0, (W, XIN, SHIST) = _tn.network_apply(x, table, init, *relax, need_grad)
     R, n = x.shape
-    empty = x.new_empty(0)
     S0 = x.new_empty((R, 0, n)) if S0 is None else S0
-    keep = need_grad
-    return (y, S0, W if keep else empty, XIN if keep else empty,
-            SHIST if keep and SHIST is not None else empty)
+    # outputs of a custom op may not alias each other: a fresh empty tensor for each unused one
+    return (y, S0, W if need_grad else x.new_empty(0), XIN if need_grad else x.new_empty(0),
+            SHIST if need_grad and SHIST is not None else x.new_empty(0))
 
 
 @_network_forward.register_fake
@@ -63,13 +62,12 @@ def _(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad)
     R, n = x.shape
     D = _table(kind, n, "cpu", k).depth
     C = 0 if init is None else init.shape[0]
-    empty = x.new_empty(0)
     return (
         x.new_empty((R, n)),
         x.new_empty((R, C, n)),
-        x.new_empty((R, D, n)) if need_grad else empty,
-        x.new_empty((R, D, n)) if need_grad else empty,
-        x.new_empty((R, D, C, n)) if need_grad and C else empty,
+        x.new_empty((R, D, n)) if need_grad else x.new_empty(0),
+        x.new_empty((R, D, n)) if need_grad else x.new_empty(0),
+        x.new_empty((R, D, C, n)) if need_grad and C else x.new_empty(0),
     )
 
 

@@ -17,29 +17,38 @@ from __future__ import annotations
 import torch
 
 
-def abs_row_sums(s: torch.Tensor) -> torch.Tensor:
-    """``(A_s 1)_j = sum_l |s_j - s_l|`` for ``s [R, n]`` in ``O(n log n)``.
+def abs_row_sums(s: torch.Tensor):
+    """``(A_s 1)_j = sum_l |s_j - s_l|`` over the finite entries of ``s [R, n]``, in ``O(n log n)``.
 
-    With ``s`` sorted ascending, the element at sorted position ``p`` has
-    ``sum_l |v - s_l| = v (2 p - n) + S - 2 P_p`` (``S`` the total, ``P_p`` the
-    sum of the ``p`` smaller values).
+    With the finite values sorted ascending, the one at finite position ``p``
+    has ``sum_l |v - s_l| = v (2 p - n_f) + S - 2 P_p`` (``n_f`` finite values,
+    ``S`` their total, ``P_p`` the sum of the ``p`` smaller ones).  ``-inf``
+    entries (masked classes) are left out: returns ``(sums, n_f [R, 1], masked)``.
     """
     n = s.shape[-1]
-    sv, order = s.sort(dim=-1)
-    prefix = sv.cumsum(-1) - sv  # sum of the values before position p
-    pos = torch.arange(n, device=s.device, dtype=s.dtype)
-    total = sv.sum(-1, keepdim=True)
-    sums_sorted = sv * (2 * pos - n) + total - 2 * prefix
-    return torch.zeros_like(sums_sorted).scatter(-1, order, sums_sorted)
+    masked = s == float("-inf")
+    n_f = (~masked).sum(-1, keepdim=True).to(s.dtype)
+    sv, order = s.sort(dim=-1)  # -inf first
+    sv0 = torch.where(sv == float("-inf"), torch.zeros_like(sv), sv)
+    prefix = sv0.cumsum(-1) - sv0
+    pos = torch.arange(n, device=s.device, dtype=s.dtype) - (n - n_f)  # position among the finite values
+    total = sv0.sum(-1, keepdim=True)
+    sums_sorted = sv0 * (2 * pos - n_f) + total - 2 * prefix
+    return torch.zeros_like(sums_sorted).scatter(-1, order, sums_sorted), n_f, masked
 
 
 def neuralsort_rows(s: torch.Tensor, k: int, tau: float) -> torch.Tensor:
-    """Top ``k`` rows of NeuralSort's ``P`` for ``s [R, n]``: ``[R, k, n]``."""
-    n = s.shape[-1]
-    a1 = abs_row_sums(s)
+    """Top ``k`` rows of NeuralSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
+
+    ``-inf`` entries (masked classes) get probability 0 and the others are
+    ranked among themselves (NeuralSort of the finite entries).
+    """
+    a1, n_f, masked = abs_row_sums(s)
+    s0 = torch.where(masked, torch.zeros_like(s), s)
     i = torch.arange(1, k + 1, device=s.device, dtype=s.dtype)
-    scale = (n + 1 - 2 * i).unsqueeze(-1)  # [k, 1]
-    logits = (scale * s.unsqueeze(-2) - a1.unsqueeze(-2)) / tau
+    scale = (n_f + 1 - 2 * i).unsqueeze(-1)  # [R, k, 1]
+    logits = (scale * s0.unsqueeze(-2) - a1.unsqueeze(-2)) / tau
+    logits = logits.masked_fill(masked.unsqueeze(-2), float("-inf"))
     return torch.softmax(logits, dim=-1)
 
 

@@ -281,10 +281,10 @@ def aot_variants():
     for code, name in enumerate(DISTRIBUTIONS):
         for save in (False, True):
             out.append((f"network_forward_kernel-{name}-save{int(save)}", network_forward_kernel, fwd_sig,
-                        dict(DIST=code, SAVE=save, ROWS=4, NP=1024)))
+                        dict(DIST=code, SAVE=save, ROWS=8, NP=128)))
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
             out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
-                        bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=4, NP=1024)))
+                        bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=8, NP=128)))
     sw_sig = {"W": "*fp32", "INIT": "*fp32", "S0": "*fp32", "SHIST": "*fp32", "PARTNER": "*i32",
               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
               "SAVE": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
@@ -293,8 +293,8 @@ def aot_variants():
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):
         out.append((f"network_sweep_kernel-save{int(save)}", network_sweep_kernel, sw_sig,
-                    dict(SAVE=save, ROWS=1, CB=8, NP=1024)))
+                    dict(SAVE=save, ROWS=2, CB=8, NP=128)))
     for atomic in (False, True):
         out.append((f"network_sweep_backward_kernel-atomic{int(atomic)}", network_sweep_backward_kernel, swb_sig,
-                    dict(ATOMIC=atomic, ROWS=1, CB=8, NP=1024)))
+                    dict(ATOMIC=atomic, ROWS=2, CB=8, NP=128)))
     return out

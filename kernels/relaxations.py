@@ -12,9 +12,9 @@ All arithmetic is float32.  ``atan`` is a polynomial (``tl.math`` has no
 import triton
 import triton.language as tl
 
-PI: tl.constexpr = 3.141592653589793
-INV_SQRT2: tl.constexpr = 0.7071067811865476
-INV_SQRT2PI: tl.constexpr = 0.3989422804014327
+PI = tl.constexpr(3.141592653589793)
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
+INV_SQRT2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

@@ -40,8 +40,8 @@ from .relaxations import relax
 
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
 #: -inf logits are sorted as this finite value (alpha exactly 0 or 1 against it)
-NEG_BIG: tl.constexpr = -1e30
-KEY_MIN: tl.constexpr = -9223372036854775808
+NEG_BIG = tl.constexpr(-1e30)
+KEY_MIN = tl.constexpr(-9223372036854775808)
 
 
 @triton.jit

@@ -139,7 +139,8 @@ def run_network(vectors: torch.Tensor, kind: str, columns: int, steepness, art_l
     ``splitter_selection`` network.
     """
     x2 = vectors.to(compute_dtype(vectors.dtype))
-    p = parse_params(kind, dict(steepness=_as_float("steepness", steepness), distribution=check_distribution(distribution),
+    p = parse_params(kind, dict(steepness=_as_float("steepness", steepness),
+                                distribution=check_distribution(distribution),
                                 art_lambda=_as_float("art_lambda", art_lambda)))
     n = x2.shape[1]
     init = torch.eye(n, dtype=x2.dtype, device=x2.device)[n - columns:]  # row c: unit at position n - columns + c

@@ -1,0 +1,297 @@
+"""Top-k cross-entropy loss (torch backend) against difftopk and a dense float64 reference.
+
+The dense reference builds the full relaxed permutation matrix with
+``test_functional.dense_network`` and evaluates SPEC.md's formula
+``q_y = sum_k P_K(k) sum_{r <= k} P[r, y]``, ``loss = -log(q (1 - 2e-7) + 1e-7)``
+(with the ``sm`` / ``smce`` top-1 terms and the top-m preselection written out).
+"""
+import pytest
+import torch
+
+import fastsort
+from test_functional import dense_network
+
+difftopk = pytest.importorskip("difftopk")
+
+BE = "torch"
+METHODS = ("odd_even", "bitonic", "splitter_selection", "neuralsort", "softsort")
+NETWORKS = ("odd_even", "bitonic", "splitter_selection")
+TOP1_MODES = ("sm", "smce", "sort")
+EPS = 1e-7
+
+
+# --------------------------------------------------------------------------- helpers
+def make_batch(B, C, seed, dtype=torch.float64, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, C, generator=g, dtype=torch.float64) * scale).to(dtype)
+    labels = torch.randint(0, C, (B,), generator=g)
+    return logits, labels
+
+
+def preselect_ref(x, y, m):
+    """True logit, then the m - 1 largest others in descending order; label 0."""
+    true = x[torch.arange(x.shape[0]), y].unsqueeze(1)
+    others = torch.stack([torch.cat([row[:int(t)], row[int(t) + 1:]]) for row, t in zip(x, y)])
+    return torch.cat([true, others.sort(dim=1, descending=True).values[:, : m - 1]], 1), torch.zeros_like(y)
+
+
+def nll(q):
+    return -torch.log(q * (1 - 2 * EPS) + EPS)
+
+
+def reference_loss(logits, labels, p_k, method, distribution="cauchy", it=1.0, top1_mode="sm", m=None):
+    """Per-sample loss from the dense network (float64, networks only)."""
+    x, y = (logits, labels) if m is None else preselect_ref(logits, labels, m)
+    B, n = x.shape
+    K = len(p_k)
+    _, X = dense_network(x, method, distribution, it, K if method == "splitter_selection" else None)
+    P = X.transpose(-1, -2).flip(-2)[:, :K]  # [B, K, n]: rank r (top first) x class
+    cum = P[torch.arange(B), :, y].cumsum(-1)  # sum_{r <= k} P[r, y], k = 1..K
+    pk = torch.tensor(p_k, dtype=x.dtype)
+    if top1_mode == "sort":
+        return nll(cum @ pk)
+    rest = cum[:, 1:] @ pk[1:]  # the k >= 2 terms
+    if top1_mode == "sm":
+        return nll(p_k[0] * torch.softmax(x, 1)[torch.arange(B), y] + rest)
+    ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
+    return p_k[0] * ce + sum(p_k[1:]) * nll(rest)
+
+
+def loss_fn(logits, labels, p_k, method, **kw):
+    kw.setdefault("backend", BE)
+    return fastsort.topk_cross_entropy(logits, labels, p_k, method, **kw)
+
+
+def grad_of(loss, logits):
+    (g,) = torch.autograd.grad(loss, logits)
+    return g
+
+
+def assert_close(a, b, atol=1e-10, rtol=1e-8, msg=""):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda s: f"{msg}\n{s}")
+
+
+# --------------------------------------------------------------------------- vs difftopk (float32)
+ORACLE_METHODS = [  # (difftopk name, fastsort name, distribution)
+    ("odd_even", "odd_even", "cauchy"),
+    ("odd_even", "odd_even", "logistic"),
+    ("odd_even", "odd_even", "reciprocal"),
+    ("bitonic__non_sparse", "bitonic", "optimal"),
+    ("bitonic__non_sparse", "bitonic", "gaussian"),
+    ("bitonic__non_sparse", "bitonic", "logistic_phi"),
+    ("neuralsort", "neuralsort", None),
+    ("softsort", "softsort", None),
+]
+P_KS = ([0.5, 0.0, 0.0, 0.0, 0.5], [0.2, 0.5, 0.3])
+
+
+@pytest.mark.parametrize("oracle_name,method,distribution", ORACLE_METHODS)
+@pytest.mark.parametrize("top1_mode", TOP1_MODES)
+@pytest.mark.parametrize("m", [None, 7])
+@pytest.mark.parametrize("p_k", P_KS, ids=["p5", "p3"])
+def test_matches_difftopk(oracle_name, method, distribution, top1_mode, m, p_k):
+    C, it = 12, 2.0
+    logits, labels = make_batch(6, C, seed=len(p_k) + (m or 0), dtype=torch.float32)
+    logits.requires_grad_()
+    oracle = difftopk.TopKCrossEntropyLoss(oracle_name, it, p_k, n=C, m=m, distribution=distribution,
+                                           top1_mode=top1_mode)
+    ref = oracle(logits, labels)
+    kw = dict(m=m, inverse_temperature=it, top1_mode=top1_mode)
+    if distribution is not None:
+        kw["distribution"] = distribution
+    out = loss_fn(logits, labels, p_k, method, **kw)
+    module = fastsort.TopKCrossEntropyLoss(p_k, method, backend=BE, **kw)(logits, labels)
+    assert out.dtype == torch.float32 and out.shape == ()
+    assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert_close(module, out)
+    assert_close(grad_of(out, logits), grad_of(ref, logits), atol=1e-6, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- vs dense float64 reference
+DENSE_CASES = [
+    ("splitter_selection", "cauchy", [0.5, 0.0, 0.0, 0.0, 0.5]),
+    ("splitter_selection", "logistic_phi", [0.3, 0.3, 0.4]),
+    ("splitter_selection", "optimal", [1.0]),
+    ("splitter_selection", "gaussian", [0.0, 1.0]),
+    ("bitonic", "cauchy", [0.5, 0.0, 0.0, 0.0, 0.5]),
+    ("bitonic", "reciprocal", [0.2, 0.8]),
+    ("bitonic", "logistic", [0.1, 0.2, 0.3, 0.4]),
+    ("odd_even", "optimal", [0.25, 0.25, 0.5]),
+]
+
+
+@pytest.mark.parametrize("method,distribution,p_k", DENSE_CASES)
+@pytest.mark.parametrize("top1_mode", TOP1_MODES)
+@pytest.mark.parametrize("m", [None, 8])
+def test_matches_dense_reference(method, distribution, p_k, top1_mode, m):
+    C, it = 13, 1.5
+    logits, labels = make_batch(5, C, seed=C + len(p_k))
+    logits.requires_grad_()
+    ref = reference_loss(logits, labels, p_k, method, distribution, it, top1_mode, m)
+    out = loss_fn(logits, labels, p_k, method, m=m, inverse_temperature=it, distribution=distribution,
+                  top1_mode=top1_mode, reduction="none")
+    assert out.dtype == torch.float64 and out.shape == (5,)
+    assert_close(out, ref)
+    w = torch.rand(5, dtype=torch.float64)  # a random cotangent per sample
+    assert_close(grad_of((out * w).sum(), logits), grad_of((ref * w).sum(), logits))
+
+
+def test_art_lambda_reaches_the_loss():
+    logits, labels = make_batch(4, 9, seed=3)
+    logits.requires_grad_()
+    kw = dict(inverse_temperature=2.0, distribution="logistic_phi", top1_mode="sort")
+    out = loss_fn(logits, labels, [0.5, 0.5], "bitonic", art_lambda=0.6, reduction="none", **kw)
+    x = logits
+    _, X = dense_network(x, "bitonic", "logistic_phi", 2.0, art_lambda=0.6)
+    P = X.transpose(-1, -2).flip(-2)[:, :2]
+    q = 0.5 * P[torch.arange(4), 0, labels] + 0.5 * P[torch.arange(4), :2, labels].sum(-1)
+    assert_close(out, nll(q))
+
+
+# --------------------------------------------------------------------------- reductions, gradcheck
+@pytest.mark.parametrize("method", METHODS)
+def test_reductions_consistent(method):
+    logits, labels = make_batch(7, 10, seed=1)
+    kw = dict(inverse_temperature=2.0, m=6)
+    none = loss_fn(logits, labels, [0.5, 0.5], method, reduction="none", **kw)
+    assert none.shape == (7,)
+    assert_close(loss_fn(logits, labels, [0.5, 0.5], method, reduction="mean", **kw), none.mean())
+    assert_close(loss_fn(logits, labels, [0.5, 0.5], method, reduction="sum", **kw), none.sum())
+    # each sample's loss depends only on its own row
+    assert_close(loss_fn(logits[2:3], labels[2:3], [0.5, 0.5], method, reduction="none", **kw), none[2:3])
+    mod = fastsort.TopKCrossEntropyLoss([0.5, 0.5], method, reduction="sum", backend=BE, **kw)
+    assert_close(mod(logits, labels), none.sum())
+    assert "p_k" in repr(mod)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("top1_mode", TOP1_MODES)
+@pytest.mark.parametrize("m", [None, 5])
+def test_gradcheck(method, top1_mode, m):
+    logits, labels = make_batch(2, 7, seed=11)
+    logits.requires_grad_()
+    fn = lambda t: loss_fn(t, labels, [0.4, 0.3, 0.3], method, m=m, inverse_temperature=1.5,  # noqa: E731
+                           top1_mode=top1_mode, reduction="none")
+    assert torch.autograd.gradcheck(fn, (logits,), eps=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- special values
+def masked_batch():
+    """Logits with -inf (masked) classes; labels never masked."""
+    logits, labels = make_batch(3, 10, seed=5)
+    labels = torch.tensor([0, 4, 9])
+    logits[0, [2, 5, 7]] = float("-inf")
+    logits[1, 9] = float("-inf")
+    return logits, labels
+
+
+# m = 5: the preselection holds finite logits only; m = 9: row 0 (6 finite others) also takes -inf ones
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("m", [None, 5, 9])
+@pytest.mark.parametrize("top1_mode", ["sm", "sort"])
+def test_masked_logits(method, m, top1_mode):
+    logits, labels = masked_batch()
+    logits.requires_grad_()
+    loss = loss_fn(logits, labels, [0.5, 0.0, 0.5], method, m=m, inverse_temperature=2.0, top1_mode=top1_mode,
+                   reduction="none")
+    assert torch.isfinite(loss).all(), loss
+    g = grad_of(loss.sum(), logits)
+    assert torch.isfinite(g).all(), g
+    assert (g[torch.isinf(logits)] == 0).all()
+    if method in NETWORKS:  # a masked class is a very small logit: same as the dense reference with -1e30
+        ref = reference_loss(logits.detach().clamp(min=-1e30), labels, [0.5, 0.0, 0.5], method, "cauchy", 2.0,
+                             top1_mode, m)
+        assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_logits_give_nan_loss(method):
+    logits, labels = make_batch(3, 8, seed=2)
+    logits[1, 3] = float("nan")
+    loss = loss_fn(logits, labels, [0.5, 0.5], method, reduction="none")
+    assert loss[1].isnan() and torch.isfinite(loss[[0, 2]]).all()
+    assert loss_fn(logits, labels, [0.5, 0.5], method).isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_half_logits(method, dtype):
+    logits, labels = make_batch(4, 9, seed=4, dtype=torch.float32)
+    lo = logits.to(dtype).requires_grad_()
+    l32 = lo.detach().float().requires_grad_()
+    kw = dict(m=6, inverse_temperature=2.0, reduction="none")
+    out, ref = loss_fn(lo, labels, [0.5, 0.5], method, **kw), loss_fn(l32, labels, [0.5, 0.5], method, **kw)
+    assert out.dtype == dtype
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=3e-3, rtol=3e-3)
+    assert_close(out.float(), ref, **tol)
+    g, g32 = grad_of(out.sum(), lo), grad_of(ref.sum(), l32)
+    assert g.dtype == dtype
+    assert_close(g.float(), g32, **tol)
+
+
+# --------------------------------------------------------------------------- bad inputs
+L, Y = make_batch(3, 8, seed=0, dtype=torch.float32)
+PK = [0.5, 0.5]
+
+
+def _loss(**kw):
+    logits, labels = kw.pop("logits", L), kw.pop("labels", Y)
+    p_k, method = kw.pop("p_k", PK), kw.pop("method", "bitonic")
+    kw.setdefault("backend", BE)
+    return lambda: fastsort.topk_cross_entropy(logits, labels, p_k, method, **kw)
+
+
+def _module(**kw):
+    p_k, method = kw.pop("p_k", PK), kw.pop("method", "bitonic")
+    return lambda: fastsort.TopKCrossEntropyLoss(p_k, method, backend=BE, **kw)
+
+
+BAD = [
+    ("method", _loss(method="heapsort"), ValueError, "method must be one of"),
+    ("method module", _module(method="bitonic_sparse"), ValueError, "method must be one of"),
+    ("top1_mode", _loss(top1_mode="softmax"), ValueError, "top1_mode must be one of"),
+    ("top1_mode module", _module(top1_mode="ce"), ValueError, "top1_mode must be one of"),
+    ("reduction", _loss(reduction="avg"), ValueError, "reduction must be one of"),
+    ("reduction module", _module(reduction=None), ValueError, "reduction must be one of"),
+    ("distribution", _loss(distribution="laplace"), ValueError, "distribution must be one of"),
+    ("distribution module", _module(distribution="sigmoid"), ValueError, "distribution must be one of"),
+    ("p_k empty", _loss(p_k=[]), ValueError, "p_k must not be empty"),
+    ("p_k empty module", _module(p_k=[]), ValueError, "p_k must not be empty"),
+    ("p_k negative", _loss(p_k=[1.5, -0.5]), ValueError, "non-negative"),
+    ("p_k nan", _loss(p_k=[float("nan"), 1.0]), ValueError, "non-negative"),
+    ("p_k sum", _loss(p_k=[0.5, 0.4]), ValueError, "sum to 1"),
+    ("p_k sum module", _module(p_k=[0.5, 0.6]), ValueError, "sum to 1"),
+    ("p_k not a sequence", _loss(p_k=1.0), TypeError, "p_k must be a sequence"),
+    ("K > n_classes", _loss(p_k=[0.1] * 10), ValueError, "must not exceed the number of classes"),
+    ("m = K", _loss(m=2), ValueError, "K < m < n_classes"),
+    ("m < K", _loss(m=1), ValueError, "K < m < n_classes"),
+    ("m = n_classes", _loss(m=8), ValueError, "K < m < n_classes"),
+    ("m > n_classes", _loss(m=20), ValueError, "K < m < n_classes"),
+    ("m float", _loss(m=5.0), ValueError, "m must be an int"),
+    ("m = K module", _module(m=2), ValueError, "m must be an int > K"),
+    ("m = n_classes module forward", lambda: fastsort.TopKCrossEntropyLoss(PK, m=8, backend=BE)(L, Y), ValueError,
+     "K < m < n_classes"),
+    ("label too big", _loss(labels=torch.tensor([0, 8, 1])), ValueError, r"labels must be in \[0, n_classes\)"),
+    ("label negative", _loss(labels=torch.tensor([0, -1, 1])), ValueError, r"labels must be in \[0, n_classes\)"),
+    ("labels float", _loss(labels=torch.tensor([0.0, 1.0, 2.0])), TypeError, "labels must be an integer tensor"),
+    ("labels bool", _loss(labels=torch.tensor([True, False, True])), TypeError, "labels must be an integer tensor"),
+    ("labels list", _loss(labels=[0, 1, 2]), TypeError, "labels must be an integer tensor"),
+    ("labels 2-D", _loss(labels=Y.view(3, 1)), ValueError, "labels must have shape"),
+    ("labels too short", _loss(labels=Y[:2]), ValueError, "labels must have shape"),
+    ("logits 1-D", _loss(logits=L[0], labels=Y[:1]), ValueError, "logits must be 2-D"),
+    ("logits 3-D", _loss(logits=L.view(3, 2, 4)), ValueError, "logits must be 2-D"),
+    ("logits int", _loss(logits=L.long()), TypeError, "logits must be a floating-point"),
+    ("logits list", _loss(logits=L.tolist()), TypeError, "logits must be a floating-point"),
+    ("inverse_temperature 0", _loss(inverse_temperature=0.0), ValueError, "inverse_temperature must be"),
+    ("inverse_temperature < 0", _loss(inverse_temperature=-2.0, method="neuralsort"), ValueError,
+     "inverse_temperature must be"),
+    ("inverse_temperature inf", _loss(inverse_temperature=float("inf")), ValueError, "inverse_temperature must be"),
+    ("inverse_temperature module", _module(inverse_temperature=0), ValueError, "inverse_temperature must be"),
+    ("backend", _loss(backend="gpu"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,match", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_inputs(fn, exc, match):
+    with pytest.raises(exc, match=match):
+        fn()
