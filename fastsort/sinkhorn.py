@@ -113,21 +113,8 @@ KINDS = ("sort", "rank", "perm", "topk", "mask")
 
 def _kernels():
     """The Triton kernels, imported lazily (no import-time side effect)."""
-    try:
-        from .kernels import sinkhorn as _ks
-    except ImportError:  # source tree without the fastsort/kernels link: load <repo>/kernels/sinkhorn.py
-        import importlib.util
-        import os
-        import sys
+    from .kernels import sinkhorn as _ks
 
-        name = "fastsort._kernels_sinkhorn_src"
-        _ks = sys.modules.get(name)
-        if _ks is None:
-            path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels", "sinkhorn.py")
-            spec = importlib.util.spec_from_file_location(name, path)
-            _ks = importlib.util.module_from_spec(spec)
-            sys.modules[name] = _ks
-            spec.loader.exec_module(_ks)
     return _ks
 
 
