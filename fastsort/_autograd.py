@@ -62,12 +62,16 @@ def _(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad)
     R, n = x.shape
     D = _table(kind, n, "cpu", k).depth
     C = 0 if init is None else init.shape[0]
+    # saved-state layouts: torch backend [D, R, ...], Triton kernels [R, D, ...]
+    weights = (2, D, R, n) if backend == "torch" else (R, D, n)
+    per_layer = (D, R, n) if backend == "torch" else (R, D, n)
+    hist = (D, R, C, n) if backend == "torch" else (R, D, C, n)
     return (
         x.new_empty((R, n)),
         x.new_empty((R, C, n)),
-        x.new_empty((R, D, n)) if need_grad else x.new_empty(0),
-        x.new_empty((R, D, n)) if need_grad else x.new_empty(0),
-        x.new_empty((R, D, C, n)) if need_grad and C else x.new_empty(0),
+        x.new_empty(weights) if need_grad else x.new_empty(0),
+        x.new_empty(per_layer) if need_grad else x.new_empty(0),
+        x.new_empty(hist) if need_grad and C else x.new_empty(0),
     )
 
 
@@ -88,7 +92,8 @@ def _network_backward(
 
 @_network_backward.register_fake
 def _(gy, gS0, W, XIN, SHIST, kind, k, distribution, steepness, art_lambda, backend):
-    return XIN.new_empty((XIN.shape[0], XIN.shape[2]))
+    R = XIN.shape[1] if backend == "torch" else XIN.shape[0]
+    return XIN.new_empty((R, XIN.shape[2]))
 
 
 def _setup_context(ctx, inputs, output):

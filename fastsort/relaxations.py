@@ -37,33 +37,52 @@ def check_distribution(distribution: str) -> str:
     return distribution
 
 
-def alpha_and_slope(
-    d: torch.Tensor, distribution: str, steepness: float, art_lambda: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(alpha, dalpha/dd)`` for the comparator difference ``d = x[hi] - x[lo]``."""
+def relax_alpha(d: torch.Tensor, distribution: str, steepness: float, art_lambda: float) -> torch.Tensor:
+    """``alpha = g(d)`` for the comparator difference ``d = x[hi] - x[lo]``."""
     if distribution == "logistic":
-        alpha = torch.sigmoid(d * steepness)
-        return alpha, steepness * alpha * (1 - alpha)
+        return torch.sigmoid(d * steepness)
     if distribution == "logistic_phi":
-        a = d.abs() + _EPS
-        scale = steepness * a.pow(-art_lambda)
-        alpha = torch.sigmoid(d * scale)
-        du = scale * (1 - art_lambda * d.abs() / a)
-        return alpha, alpha * (1 - alpha) * du
-    v = steepness * d
+        return torch.sigmoid(d * (steepness * (d.abs() + _EPS).pow(-art_lambda)))
+    v = d * steepness
     if distribution == "gaussian":
-        alpha = 0.5 + 0.5 * torch.erf(v * _INV_SQRT2)
-        return alpha, steepness * _INV_SQRT2PI * torch.exp(-0.5 * v * v)
+        return torch.erf(v * _INV_SQRT2).mul_(0.5).add_(0.5)
     if distribution == "reciprocal":
-        den = 2 + v.abs()
-        return 0.5 * (v / den + 1), steepness / (den * den)
+        return (v / (v.abs() + 2)).add_(1).mul_(0.5)
     if distribution == "cauchy":
-        return torch.atan(v) / math.pi + 0.5, steepness / (math.pi * (1 + v * v))
+        return torch.atan(v).mul_(1 / math.pi).add_(0.5)
     if distribution == "optimal":
         av = v.abs()
-        outer = av > 0.25
-        alpha = v.clamp(-0.25, 0.25) + 0.5 + torch.where(outer, torch.sign(v) * (0.25 - 1 / (16 * (av + _EPS))), 0.0)
-        den = av + _EPS
-        slope = torch.where(outer, 1 / (16 * den * den), torch.ones_like(v))
-        return alpha, steepness * slope
+        outer = 0.5 - 1 / (16 * (av + _EPS))  # |alpha - 1/2| outside |v| <= 1/4
+        return torch.where(av > 0.25, torch.copysign(outer, v), v).add_(0.5)
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def relax_slope(d: torch.Tensor, distribution: str, steepness: float, art_lambda: float) -> torch.Tensor:
+    """``dalpha/dd`` for the comparator difference ``d = x[hi] - x[lo]``."""
+    if distribution == "logistic":
+        a = torch.sigmoid(d * steepness)
+        return a * (1 - a) * steepness
+    if distribution == "logistic_phi":
+        ad = d.abs()
+        den = ad + _EPS
+        scale = steepness * den.pow(-art_lambda)
+        a = torch.sigmoid(d * scale)
+        return a * (1 - a) * scale * (1 - art_lambda * ad / den)
+    v = d * steepness
+    if distribution == "gaussian":
+        return torch.exp(v * v * -0.5).mul_(steepness * _INV_SQRT2PI)
+    if distribution == "reciprocal":
+        den = v.abs() + 2
+        return steepness / (den * den)
+    if distribution == "cauchy":
+        return (v * v + 1).reciprocal_().mul_(steepness / math.pi)
+    if distribution == "optimal":
+        av = v.abs()
+        den = av + _EPS
+        return torch.where(av > 0.25, (16 * den * den).reciprocal_(), torch.ones_like(v)).mul_(steepness)
+    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def alpha_and_slope(d: torch.Tensor, distribution: str, steepness: float, art_lambda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha, dalpha/dd)`` for the comparator difference ``d = x[hi] - x[lo]``."""
+    return relax_alpha(d, distribution, steepness, art_lambda), relax_slope(d, distribution, steepness, art_lambda)

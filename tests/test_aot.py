@@ -1,0 +1,112 @@
+"""Ahead-of-time compilation of every Triton kernel variant for sm_80 and sm_90, no GPU needed.
+
+Triton's interpreter (what the other kernel tests run under on CPU) accepts
+code that the real compiler rejects, so this file runs
+``python -m fastsort.kernels.aot`` once, in a subprocess *without*
+``TRITON_INTERPRET`` (the ``FASTSORT_*`` environment is passed through
+untouched), and gives each ``(variant, arch)`` its own test, which shows the
+compiler's error.  The variant list (``fastsort.kernels.aot.variants()``) must
+cover every kernel of the kernel modules.
+
+Cost: about 70 s on 2 cores with a cold Triton cache (much less warm).
+Skipped on the GPU run (``FASTSORT_TEST_DEVICE=cuda``), where every kernel is
+compiled for real by the other tests.
+"""
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+if os.environ.get("FASTSORT_TEST_DEVICE", "cpu") == "cuda":
+    pytest.skip("FASTSORT_TEST_DEVICE=cuda: the GPU run compiles every kernel for real", allow_module_level=True)
+pytest.importorskip("triton", reason="the AOT compile check needs the `triton` package")
+
+import triton.runtime.interpreter  # noqa: E402
+import triton.runtime.jit  # noqa: E402
+
+from fastsort.kernels import aot  # noqa: E402
+
+ARCHS = (80, 90)
+TIMEOUT_S = 900
+# listing the variants imports the kernel modules: fine under the interpreter
+VARIANTS = aot.variants()
+
+
+@pytest.fixture(scope="session")
+def aot_report():
+    """``{"<variant>@sm<arch>": None | error}`` from one run of the AOT driver."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fastsort.kernels.aot", "--arch", *map(str, ARCHS)],
+                              env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"python -m fastsort.kernels.aot did not finish within {TIMEOUT_S} s")
+    lines = proc.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(f"python -m fastsort.kernels.aot (exit {proc.returncode}) printed no JSON report\n"
+                    f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    if proc.returncode not in (0, 1) or (proc.returncode == 1) != any(v is not None for v in report.values()):
+        pytest.fail(f"unexpected exit status {proc.returncode} for the report; stderr:\n{proc.stderr[-3000:]}")
+    return report
+
+
+@pytest.mark.parametrize("test_id", [f"{tid}@sm{arch}" for _, tid in VARIANTS for arch in ARCHS])
+def test_variant_compiles(test_id, aot_report):
+    assert test_id in aot_report, f"{test_id} missing from the AOT report"
+    err = aot_report[test_id]
+    assert err is None, f"{test_id} failed to compile:\n{err}"
+
+
+def test_report_has_exactly_the_variants(aot_report):
+    expected = {f"{tid}@sm{arch}" for _, tid in VARIANTS for arch in ARCHS}
+    assert len(expected) == len(VARIANTS) * len(ARCHS), "variant ids are not unique across the kernel modules"
+    assert set(aot_report) == expected
+
+
+# --------------------------------------------------------------------------- coverage of the kernels
+JIT_TYPES = (triton.runtime.jit.JITFunction, triton.runtime.interpreter.InterpretedFunction)
+
+
+def _jit_functions(module):
+    return {name: obj for name, obj in vars(module).items()
+            if isinstance(obj, JIT_TYPES) and getattr(obj.fn, "__module__", None) == module.__name__}
+
+
+def _source(jit_fn):
+    return inspect.getsource(jit_fn.fn)
+
+
+def _launched_kernels(module, helpers_from):
+    """The ``@triton.jit`` functions of ``module`` that no ``@triton.jit`` function calls: the kernels
+    the launchers start (helpers such as ``relax``, ``atan``, ``_key`` are called from kernels)."""
+    called = set()
+    for fn in helpers_from:
+        body = _source(fn).split(":", 1)[1]  # skip the def line (a function naming itself)
+        called |= set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", body))
+    return {name for name in _jit_functions(module) if name not in called}
+
+
+@pytest.mark.parametrize("module_name", aot.MODULES)
+def test_variants_cover_every_kernel(module_name):
+    import importlib
+
+    modules = [importlib.import_module(m) for m in aot.MODULES + ("fastsort.kernels.relaxations",)]
+    all_jit = [fn for mod in modules for fn in _jit_functions(mod).values()]
+    module = importlib.import_module(module_name)
+    kernels = _launched_kernels(module, all_jit)
+    assert kernels, f"no kernel found in {module_name}"
+    variants = module.aot_variants()
+    covered = {fn.fn.__name__ for _, fn, _, _ in variants}
+    missing = kernels - covered
+    assert not missing, f"{module_name}: kernels without an AOT variant: {sorted(missing)}"
+    assert covered <= set(_jit_functions(module)), "a variant names a function that is not a jit kernel here"
+    assert all(name.endswith("_kernel") for name in kernels), f"kernel naming convention: {sorted(kernels)}"
+    for test_id, fn, signature, constexprs in variants:
+        assert list(signature) == fn.arg_names, f"{test_id}: signature keys != the kernel's arguments"
+        assert {k for k, v in signature.items() if v == "constexpr"} == set(constexprs), test_id
