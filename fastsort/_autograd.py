@@ -102,12 +102,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(W, XIN, SHIST)
     ctx.args = (kind, k, distribution, steepness, art_lambda, backend)
     ctx.has_init = init is not None
+    ctx.need_grad = need_grad
+    ctx.x_shape = x.shape
 
 
 def _backward(ctx, gy, gS0, gW, gXIN, gSHIST):
     W, XIN, SHIST = ctx.saved_tensors
-    if XIN.numel() == 0 and W.numel() == 0:
+    if not ctx.need_grad:
         raise RuntimeError("fastsort: backward through a network op that was run without need_grad")
+    if ctx.x_shape[0] == 0:  # empty batch
+        return (W.new_zeros(ctx.x_shape),) + (None,) * 8
     gx = _network_backward(gy, gS0 if ctx.has_init else None, W, XIN, SHIST, *ctx.args)
     return gx, None, None, None, None, None, None, None, None
 

@@ -36,9 +36,9 @@ from .launch import MAX_LANES, next_pow2, num_warps, rows_per_program
 from .relaxations import relax
 
 
-# --------------------------------------------------------------------------- kernels
+# --------------------------------------------------------------------------- device functions
 @triton.jit
-def _layer_lanes(PARTNER, DESC, l, n, cols, cmask):
+def layer_lanes(PARTNER, DESC, l, n, cols, cmask):
     """Partner lane, descending flag, and lane masks of layer ``l`` (``[1, NP]``)."""
     p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
     p = tl.where(cmask, p, cols)  # pad lanes are their own partners
@@ -47,12 +47,51 @@ def _layer_lanes(PARTNER, DESC, l, n, cols, cmask):
 
 
 @triton.jit
+def partner_lanes(PARTNER, l, n, cols, cmask, LINES: tl.constexpr, NP: tl.constexpr):
+    """Layer ``l``'s partner lane for every element of a ``[LINES, NP]`` tile."""
+    p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
+    return tl.broadcast_to(tl.where(cmask, p, cols), (LINES, NP))
+
+
+@triton.jit
+def comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST: tl.constexpr):
+    """Add the comparators' share to the input gradient ``g``.
+
+    ``gw`` is ``dL/dw`` per wire; both wires of a comparator share ``alpha``,
+    so ``dL/dalpha = +-(gw_i + gw_p)``, and ``d = x[hi] - x[lo]`` sends
+    ``g'(d) dL/dalpha`` to the high wire and its negative to the low wire.
+    """
+    dalpha = gw + tl.gather(gw, idx, axis=1)
+    dalpha = tl.where(desc, -dalpha, dalpha)
+    d = tl.where(is_lo, xp - x, x - xp)
+    _, slope = relax(d, steepness, art_lambda, DIST)
+    dd = dalpha * slope
+    return g + tl.where(keep, 0.0, tl.where(is_lo, -dd, dd))
+
+
+@triton.jit
+def sweep_tile(pid, cid, R, n, C, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
+    """Indices of a sweep tile: ``CB`` columns ("lines") of ``ROWS`` rows, ``NP`` lanes each."""
+    line = tl.arange(0, ROWS * CB)[:, None]
+    rows = (pid * ROWS + line // CB).to(tl.int64)
+    c = cid * CB + line % CB
+    cols = tl.arange(0, NP)[None, :]
+    cmask = cols < n
+    rmask = (rows < R) & cmask
+    return rows, c, cols, cmask, rmask, rmask & (c < C)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
 def network_forward_kernel(
     X, Y, W, XIN, PARTNER, DESC,
     R, n, D, steepness, art_lambda,
-    DIST: tl.constexpr, SAVE: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
+    DIST: tl.constexpr, SAVE_W: tl.constexpr, SAVE_X: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
 ):
-    """Soft values after the network; optionally the per-layer ``w`` and inputs."""
+    """Soft values after the network; optionally the per-layer ``w`` (for a sweep or
+    the backward) and the per-layer inputs (for the backward)."""
     pid = tl.program_id(0)
     rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     cols = tl.arange(0, NP)[None, :]
@@ -60,14 +99,15 @@ def network_forward_kernel(
     mask = (rows < R) & cmask
     x = tl.load(X + rows * n + cols, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        p, desc, is_lo, keep = _layer_lanes(PARTNER, DESC, l, n, cols, cmask)
+        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, n, cols, cmask)
         xp = tl.gather(x, tl.broadcast_to(p, (ROWS, NP)), axis=1)
         d = tl.where(is_lo, xp - x, x - xp)  # x[hi] - x[lo], the same on both wires
         alpha, _ = relax(d, steepness, art_lambda, DIST)
         w = tl.where(keep, 1.0, tl.where(desc, 1.0 - alpha, alpha))
-        if SAVE:
-            off = rows * D * n + l * n + cols
+        off = rows * D * n + l * n + cols
+        if SAVE_X:
             tl.store(XIN + off, x, mask=mask)
+        if SAVE_W:
             tl.store(W + off, w, mask=mask)
         x = tl.where(keep, x, w * x + (1.0 - w) * xp)
     tl.store(Y + rows * n + cols, x.to(Y.dtype.element_ty), mask=mask)
@@ -80,24 +120,15 @@ def network_sweep_kernel(
     SAVE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
     """Reverse sweep ``S^0 = X S^D`` for ``CB`` columns of ``INIT [C, n]`` per row."""
-    pid = tl.program_id(0)
-    cid = tl.program_id(1)
-    line = tl.arange(0, ROWS * CB)[:, None]
-    rows = (pid * ROWS + line // CB).to(tl.int64)
-    c = cid * CB + line % CB
-    cols = tl.arange(0, NP)[None, :]
-    cmask = cols < n
-    rmask = (rows < R) & cmask
-    mask = rmask & (c < C)
+    rows, c, cols, cmask, rmask, mask = sweep_tile(tl.program_id(0), tl.program_id(1), R, n, C, ROWS, CB, NP)
     S = tl.load(INIT + c * n + cols, mask=mask, other=0.0).to(tl.float32)
     for i in range(D):
         l = D - 1 - i
-        p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
-        p = tl.where(cmask, p, cols)
+        idx = partner_lanes(PARTNER, l, n, cols, cmask, ROWS * CB, NP)
         w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0)
         if SAVE:
             tl.store(SHIST + ((rows * D + l) * C + c) * n + cols, S, mask=mask)
-        S = w * S + (1.0 - w) * tl.gather(S, tl.broadcast_to(p, (ROWS * CB, NP)), axis=1)
+        S = w * S + (1.0 - w) * tl.gather(S, idx, axis=1)
     tl.store(S0 + (rows * C + c) * n + cols, S.to(S0.dtype.element_ty), mask=mask)
 
 
@@ -109,20 +140,12 @@ def network_sweep_backward_kernel(
 ):
     """Adjoint of the sweep: ``GW [R, D, n]`` (summed over the ``C`` columns)."""
     pid = tl.program_id(0)
-    cid = tl.program_id(1)
-    line = tl.arange(0, ROWS * CB)[:, None]
-    rows = (pid * ROWS + line // CB).to(tl.int64)
-    c = cid * CB + line % CB
-    cols = tl.arange(0, NP)[None, :]
-    cmask = cols < n
-    rmask = (rows < R) & cmask
-    mask = rmask & (c < C)
+    rows, c, cols, cmask, rmask, mask = sweep_tile(pid, tl.program_id(1), R, n, C, ROWS, CB, NP)
     rows2 = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     mask2 = (rows2 < R) & cmask
     g = tl.load(GS0 + (rows * C + c) * n + cols, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
-        idx = tl.broadcast_to(tl.where(cmask, p, cols), (ROWS * CB, NP))
+        idx = partner_lanes(PARTNER, l, n, cols, cmask, ROWS * CB, NP)
         S = tl.load(SHIST + ((rows * D + l) * C + c) * n + cols, mask=mask, other=0.0)
         contrib = g * (S - tl.gather(S, idx, axis=1))
         gw = tl.sum(tl.reshape(contrib, (ROWS, CB, NP)), axis=1)
@@ -152,7 +175,7 @@ def network_backward_kernel(
         g = tl.zeros((ROWS, NP), dtype=tl.float32)
     for i in range(D):
         l = D - 1 - i
-        p, desc, is_lo, keep = _layer_lanes(PARTNER, DESC, l, n, cols, cmask)
+        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, n, cols, cmask)
         idx = tl.broadcast_to(p, (ROWS, NP))
         off = rows * D * n + l * n + cols
         x = tl.load(XIN + off, mask=mask, other=0.0)
@@ -162,13 +185,7 @@ def network_backward_kernel(
         if HAS_GW:
             gw += tl.load(GW + off, mask=mask, other=0.0)
         g = w * g + (1.0 - w) * tl.gather(g, idx, axis=1)
-        # both wires share alpha: dL/dalpha = +-(gw_i + gw_p)
-        dalpha = gw + tl.gather(gw, idx, axis=1)
-        dalpha = tl.where(desc, -dalpha, dalpha)
-        d = tl.where(is_lo, xp - x, x - xp)
-        _, slope = relax(d, steepness, art_lambda, DIST)
-        dd = dalpha * slope
-        g += tl.where(keep, 0.0, tl.where(is_lo, -dd, dd))
+        g = comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST)
     tl.store(GX + rows * n + cols, g.to(GX.dtype.element_ty), mask=mask)
 
 
@@ -204,6 +221,9 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     NP = next_pow2(n)
     x = x.contiguous()
     y = torch.empty_like(x)
+    if R == 0:  # nothing to launch
+        C = 0 if init is None else init.shape[0]
+        return y, (None if init is None else x.new_empty((0, C, n))), (x.new_empty(0), x.new_empty(0), x.new_empty(0))
     save_w = need_grad or init is not None
     W = x.new_empty((R, D, n)) if save_w else x.new_empty(0)
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
@@ -211,7 +231,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     network_forward_kernel[(triton.cdiv(R, ROWS),)](
         x, y, W, XIN, table.partner, table.desc.view(torch.int8),
         R, n, D, float(steepness), float(art_lambda),
-        DIST=_dist_code(distribution), SAVE=save_w, ROWS=ROWS, NP=NP,
+        DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
         num_warps=num_warps(ROWS * NP),
     )
     S0 = SHIST = None
@@ -271,7 +291,8 @@ def aot_variants():
     out = []
     fwd_sig = {"X": "*fp32", "Y": "*fp32", "W": "*fp32", "XIN": "*fp32", "PARTNER": "*i32", "DESC": "*i8",
                "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
-               "DIST": "constexpr", "SAVE": "constexpr", "ROWS": "constexpr", "NP": "constexpr"}
+               "DIST": "constexpr", "SAVE_W": "constexpr", "SAVE_X": "constexpr", "ROWS": "constexpr",
+               "NP": "constexpr"}
     bwd_sig = {"GY": "*fp32", "GW": "*fp32", "W": "*fp32", "XIN": "*fp32", "GX": "*fp32", "PARTNER": "*i32",
                "DESC": "*i8", "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "HAS_GY": "constexpr", "HAS_GW": "constexpr", "ROWS": "constexpr",
@@ -279,9 +300,10 @@ def aot_variants():
     from ..relaxations import DISTRIBUTIONS
 
     for code, name in enumerate(DISTRIBUTIONS):
-        for save in (False, True):
-            out.append((f"network_forward_kernel-{name}-save{int(save)}", network_forward_kernel, fwd_sig,
-                        dict(DIST=code, SAVE=save, ROWS=8, NP=128)))
+        for save_w, save_x in ((False, False), (True, False), (True, True)):
+            out.append((f"network_forward_kernel-{name}-savew{int(save_w)}-savex{int(save_x)}",
+                        network_forward_kernel, fwd_sig,
+                        dict(DIST=code, SAVE_W=save_w, SAVE_X=save_x, ROWS=8, NP=128)))
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
             out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
                         bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=8, NP=128)))

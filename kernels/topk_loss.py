@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, next_pow2, num_warps
+from .network import comparator_adjoint, layer_lanes
 from .relaxations import relax
 
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
@@ -113,11 +114,7 @@ def topk_ce_fused_kernel(
     xn = tl.where(x != x, x, xn)  # keep NaN
     a = tl.where(lanes == 0, 1.0, 0.0) + tl.zeros((ROWS, MP), tl.float32)
     for l in range(D):
-        p = tl.load(PARTNER + l * m + lanes, mask=lmask, other=0)
-        p = tl.where(lmask, p, lanes)
-        desc = tl.load(DESC + l * m + lanes, mask=lmask, other=0) != 0
-        is_lo = p > lanes
-        keep = p == lanes
+        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, m, lanes, lmask)
         pi = tl.broadcast_to(p, (ROWS, MP))
         xp = tl.gather(xn, pi, axis=1)
         d = tl.where(is_lo, xp - xn, xn - xp)
@@ -158,11 +155,7 @@ def topk_ce_fused_kernel(
         g = tl.zeros((ROWS, MP), tl.float32)
         for i in range(D):
             l = D - 1 - i
-            p = tl.load(PARTNER + l * m + lanes, mask=lmask, other=0)
-            p = tl.where(lmask, p, lanes)
-            desc = tl.load(DESC + l * m + lanes, mask=lmask, other=0) != 0
-            is_lo = p > lanes
-            keep = p == lanes
+            p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, m, lanes, lmask)
             pi = tl.broadcast_to(p, (ROWS, MP))
             off = rows * D * MP + l * MP + lanes
             xl = tl.load(XS + off, mask=rmask, other=0.0)
@@ -172,12 +165,7 @@ def topk_ce_fused_kernel(
             gw = g * (xl - xp) + g_net * u * (al - tl.gather(al, pi, axis=1))
             g = w * g + (1.0 - w) * tl.gather(g, pi, axis=1)
             u = w * u + (1.0 - w) * tl.gather(u, pi, axis=1)
-            dalpha = gw + tl.gather(gw, pi, axis=1)
-            dalpha = tl.where(desc, -dalpha, dalpha)
-            d = tl.where(is_lo, xp - xl, xl - xp)
-            _, slope = relax(d, steepness, art_lambda, DIST)
-            dd = dalpha * slope
-            g += tl.where(keep, 0.0, tl.where(is_lo, -dd, dd))
+            g = comparator_adjoint(g, gw, xl, xp, pi, desc, is_lo, keep, steepness, art_lambda, DIST)
         # -inf logits were clamped: no gradient flows to them
         g = tl.where(x < NEG_BIG, 0.0, g) + g_x
         g = tl.where(bad_label, float("nan"), g)
