@@ -12,12 +12,14 @@ Cost: about 70 s on 2 cores with a cold Triton cache (much less warm).
 Skipped on the GPU run (``FASTSORT_TEST_DEVICE=cuda``), where every kernel is
 compiled for real by the other tests.
 """
+import ast
+import importlib
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -71,42 +73,50 @@ def test_report_has_exactly_the_variants(aot_report):
 
 # --------------------------------------------------------------------------- coverage of the kernels
 JIT_TYPES = (triton.runtime.jit.JITFunction, triton.runtime.interpreter.InterpretedFunction)
+JIT_MODULES = aot.MODULES + ("fastsort.kernels.relaxations",)  # relaxations: device functions only
 
 
-def _jit_functions(module):
+def _jit_functions(module_name):
+    """``{name: fn}`` of the ``@triton.jit`` functions defined in ``module_name`` (under the interpreter
+    ``triton.jit`` returns an ``InterpretedFunction``, else a ``JITFunction``)."""
+    module = importlib.import_module(module_name)
     return {name: obj for name, obj in vars(module).items()
-            if isinstance(obj, JIT_TYPES) and getattr(obj.fn, "__module__", None) == module.__name__}
+            if isinstance(obj, JIT_TYPES) and getattr(obj.fn, "__module__", None) == module_name}
 
 
-def _source(jit_fn):
-    return inspect.getsource(jit_fn.fn)
-
-
-def _launched_kernels(module, helpers_from):
-    """The ``@triton.jit`` functions of ``module`` that no ``@triton.jit`` function calls: the kernels
-    the launchers start (helpers such as ``relax``, ``atan``, ``_key`` are called from kernels)."""
+def _called_from_jit_code():
+    """Names called inside the bodies of all ``@triton.jit`` functions of the kernel modules."""
     called = set()
-    for fn in helpers_from:
-        body = _source(fn).split(":", 1)[1]  # skip the def line (a function naming itself)
-        called |= set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", body))
-    return {name for name in _jit_functions(module) if name not in called}
+    for mod in JIT_MODULES:
+        for fn in _jit_functions(mod).values():
+            tree = ast.parse(textwrap.dedent(inspect.getsource(fn.fn)))
+            called |= {node.func.id for node in ast.walk(tree)
+                       if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    return called
 
 
 @pytest.mark.parametrize("module_name", aot.MODULES)
 def test_variants_cover_every_kernel(module_name):
-    import importlib
-
-    modules = [importlib.import_module(m) for m in aot.MODULES + ("fastsort.kernels.relaxations",)]
-    all_jit = [fn for mod in modules for fn in _jit_functions(mod).values()]
-    module = importlib.import_module(module_name)
-    kernels = _launched_kernels(module, all_jit)
+    """Every kernel (``@triton.jit`` function named ``*_kernel``) has at least one AOT variant, and
+    every variant's signature lists exactly the kernel's arguments, its constexprs marked."""
+    jit = _jit_functions(module_name)
+    kernels = {name for name in jit if name.endswith("_kernel")}
     assert kernels, f"no kernel found in {module_name}"
-    variants = module.aot_variants()
+    variants = importlib.import_module(module_name).aot_variants()
     covered = {fn.fn.__name__ for _, fn, _, _ in variants}
-    missing = kernels - covered
-    assert not missing, f"{module_name}: kernels without an AOT variant: {sorted(missing)}"
-    assert covered <= set(_jit_functions(module)), "a variant names a function that is not a jit kernel here"
-    assert all(name.endswith("_kernel") for name in kernels), f"kernel naming convention: {sorted(kernels)}"
+    assert not kernels - covered, f"{module_name}: kernels without an AOT variant: {sorted(kernels - covered)}"
+    assert covered <= kernels, f"{module_name}: variants of non-kernels {sorted(covered - kernels)}"
     for test_id, fn, signature, constexprs in variants:
         assert list(signature) == fn.arg_names, f"{test_id}: signature keys != the kernel's arguments"
         assert {k for k, v in signature.items() if v == "constexpr"} == set(constexprs), test_id
+
+
+@pytest.mark.parametrize("module_name", JIT_MODULES)
+def test_other_jit_functions_are_helpers(module_name):
+    """A ``@triton.jit`` function without the ``_kernel`` suffix must be a device helper called from
+    jit code (``relax``, ``atan``, ``_key``, ...): otherwise it is a kernel that escapes the AOT
+    check above, or dead code."""
+    helpers = {name for name in _jit_functions(module_name) if not name.endswith("_kernel")}
+    uncalled = helpers - _called_from_jit_code()
+    assert not uncalled, f"{module_name}: jit functions neither named *_kernel nor called from jit code: " \
+                         f"{sorted(uncalled)}"

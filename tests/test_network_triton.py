@@ -64,6 +64,11 @@ def run_op(op, x, backend, method, k=None, dim=-1, **params):
     raise AssertionError(op)
 
 
+def op_fn(op, method, k=None, **kw):
+    """``fn(x, backend)`` running :func:`run_op` with these arguments."""
+    return lambda x, backend: run_op(op, x, backend, method, k, **kw)
+
+
 def assert_close(actual, expected, tol, what):
     """``actual`` (any device/dtype) against the float32 CPU ``expected``; NaNs must coincide."""
     expected = expected.detach()
@@ -82,10 +87,11 @@ def nan_filled_allocations(module=kn):
     ``Tensor.new_empty`` come NaN-filled (integer ones -1), so an output element a kernel fails to
     write shows up.
 
-    A 1-D 0-element float allocation (``new_empty(0)``, the placeholder for an output a kernel variant
-    must not write) becomes a NaN guard buffer of ``GUARD_ELEMS`` elements instead: torch hands a null pointer to
-    a kernel for an empty tensor, so a stray write through it would crash the process (or the
-    CUDA context); into the guard it lands harmlessly, and the check at exit reports it."""
+    A 1-D 0-element float allocation (``new_empty(0)``, the placeholder for an output a kernel
+    variant must not write) becomes a NaN guard buffer of ``GUARD_ELEMS`` elements instead: torch
+    hands a kernel a null pointer for an empty tensor, so a stray write through it would crash the
+    process (or the CUDA context); into the guard it lands harmlessly, and the check at exit
+    reports it."""
     real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
     guards = []
 
@@ -129,7 +135,7 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-def check_vs_torch(fn, x, device, calls, dtype=None):
+def check_vs_torch(fn, x, device, calls):
     """``fn(x, backend)`` with Triton on ``device`` vs torch on the float32-cast ``x``: outputs and
     ``dL/dx`` for one shared random cotangent (rounded to ``x``'s dtype, so both see the same values)."""
     dtype = x.dtype
@@ -179,8 +185,7 @@ def _relaxation_cases():
 def test_relaxations(op, method, n, k, dist, device, kernel_calls):
     # a non-default art_lambda checks that it reaches the kernel (it only matters for logistic_phi)
     params = dict(distribution=dist, steepness=4.0, art_lambda=0.4)
-    fn = lambda x, be: run_op(op, x, be, method, k, **params)  # noqa: E731
-    check_vs_torch(fn, scores(6, n), device, kernel_calls)
+    check_vs_torch(op_fn(op, method, k, **params), scores(6, n), device, kernel_calls)
 
 
 # --------------------------------------------------------------------------- every network x n x k
@@ -203,14 +208,13 @@ def _network_cases():
 
 @pytest.mark.parametrize("op,method,n,k", _network_cases())
 def test_networks(op, method, n, k, device, kernel_calls):
-    fn = lambda x, be: run_op(op, x, be, method, k)  # noqa: E731  (defaults: cauchy, steepness 10)
-    check_vs_torch(fn, scores(5, n), device, kernel_calls)
+    check_vs_torch(op_fn(op, method, k), scores(5, n), device, kernel_calls)  # defaults: cauchy, steepness 10
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # exp(-v) of saturated sigmoids
 def test_n_equals_k_and_steep(device, kernel_calls):
     """``k == n`` (every position) with near-hard comparators (large steepness)."""
-    fn = lambda x, be: run_op("topk", x, be, "splitter_selection", 5, steepness=200.0, distribution="logistic")  # noqa: E731
+    fn = op_fn("topk", "splitter_selection", 5, steepness=200.0, distribution="logistic")
     out, _ = check_vs_torch(fn, scores(4, 5), device, kernel_calls)
     assert torch.allclose(out.sum(-1).cpu(), torch.ones(4, 5), atol=1e-5)  # rows of a doubly-stochastic P
 
@@ -223,8 +227,7 @@ def test_n_equals_k_and_steep(device, kernel_calls):
 def test_half_inputs(op, method, k, dtype, device, kernel_calls):
     """fp16/bf16 inputs are computed in float32: the result is the torch backend's on the float32-cast
     input, rounded to the input dtype; output and gradient come back in the input dtype."""
-    fn = lambda x, be: run_op(op, x, be, method, k)  # noqa: E731
-    check_vs_torch(fn, scores(4, 16, dtype=dtype), device, kernel_calls)
+    check_vs_torch(op_fn(op, method, k), scores(4, 16, dtype=dtype), device, kernel_calls)
 
 
 # --------------------------------------------------------------------------- leading dims and dim
@@ -299,8 +302,8 @@ def test_nan_row_and_ties(op, method, k, dist, device, kernel_calls):
     x[1, 4] = float("nan")
     x[2] = 0.5
     x[3, ::2] = x[3, 1::2]
-    fn = lambda z, be: run_op(op, z, be, method, k, distribution=dist)  # noqa: E731
-    out, grad = check_vs_torch(fn, x, device, kernel_calls)  # NaN positions coincide (equal_nan)
+    # NaN positions must coincide (assert_close uses equal_nan)
+    out, grad = check_vs_torch(op_fn(op, method, k, distribution=dist), x, device, kernel_calls)
     row_out, row_grad = out[1], grad[1]
     assert torch.isnan(row_out).any() and torch.isnan(row_grad).any()
     if op == "sort":
@@ -389,9 +392,9 @@ def test_column_split_sweep_uses_atomics(monkeypatch, device, kernel_calls):
         return out
 
     monkeypatch.setattr(kn, "_sweep_blocks", spy)
-    fn = lambda z, be: run_op("perm", z, be, "bitonic", distribution="logistic", steepness=3.0)  # noqa: E731
-    check_vs_torch(fn, scores(3, 33), device, kernel_calls)
-    assert len(splits) == 2 and min(splits) == 3, f"expected 3 column programs in forward and backward, got {splits}"
+    check_vs_torch(op_fn("perm", "bitonic", distribution="logistic", steepness=3.0), scores(3, 33), device,
+                   kernel_calls)
+    assert splits == [3, 3], f"expected 3 column programs in the forward and the backward sweep, got {splits}"
 
 
 # --------------------------------------------------------------------------- polynomial atan
