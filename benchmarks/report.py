@@ -43,12 +43,20 @@ GOAL_FULL_MEMORY = 20.0    # >= 20x less peak memory at full n
 
 
 def _ms(r, key="median_s"):
-    return "error" if "error" in r else f"{r[key] * 1e3:.1f}"
+    return _err(r) if "error" in r else f"{r[key] * 1e3:.1f}"
+
+
+def _err(r):
+    return "n/a" if r.get("error") == "skipped" else "error"
+
+
+def _x(v, digits=1):
+    return "n/a" if v is None else f"{v:.{digits}f}x"
 
 
 def _mb(r):
     if "error" in r:
-        return "error"
+        return _err(r)
     return f"{r['peak_mb']:.0f} ({r.get('peak_rss_mb', float('nan')):.0f})"
 
 
@@ -102,7 +110,7 @@ def main(argv=None) -> int:
     import torch
 
     any_r = next(iter(results.values()))
-    print(f"## fastsort vs difftopk on CPU\n")
+    print("## fastsort vs difftopk on CPU\n")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch "
           f"{torch.__version__}, threads {any_r.get('threads', '?')}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '')}; difftopk {'installed' if have_dt else 'NOT installed'}.")
@@ -124,8 +132,8 @@ def main(argv=None) -> int:
         goals.append((f"loss m=16 {method}: >= {GOAL_LOSS_SPEEDUP:g}x faster", goal))
         mem = _ratio(fs, dt, "peak_mb")
         print(f"| TopKCrossEntropyLoss {method}, B=500, C=1000, m=16 | {_ms(fs)} ({_ms(fs, 'min_s')}) "
-              f"| {_ms(dt)} ({_ms(dt, 'min_s')}) | {sp and f'{sp:.1f}x'} / {spmin and f'{spmin:.1f}x'} "
-              f"| {_mb(fs)} | {_mb(dt)} | {mem and f'{mem:.1f}x'} | {same} | {goal} |")
+              f"| {_ms(dt)} ({_ms(dt, 'min_s')}) | {_x(sp)} / {_x(spmin)} "
+              f"| {_mb(fs)} | {_mb(dt)} | {_x(mem)} | {same} | {goal} |")
     fb = args.full_b
     fs, dt = results[f"full/B{fb}/fastsort"], results.get(f"full/B{fb}/difftopk", {"error": "skipped"})
     sp, spmin, mem = _ratio(fs, dt, "median_s"), _ratio(fs, dt, "min_s"), _ratio(fs, dt, "peak_mb")
@@ -137,7 +145,7 @@ def main(argv=None) -> int:
               (f"full n=1024 (B={fb}): >= {GOAL_FULL_MEMORY:g}x less peak memory", g2)]
     dt_note = " (1 warm step)" if "error" not in dt else ""
     print(f"| soft_topk bitonic full n=1024, k=5, B={fb} | {_ms(fs)} ({_ms(fs, 'min_s')}) | {_ms(dt)}{dt_note} "
-          f"| {sp and f'{sp:.0f}x'} / {spmin and f'{spmin:.0f}x'} | {_mb(fs)} | {_mb(dt)} | {mem and f'{mem:.0f}x'} "
+          f"| {_x(sp, 0)} / {_x(spmin, 0)} | {_mb(fs)} | {_mb(dt)} | {_x(mem, 0)} "
           f"| {same} | {g1}; memory {g2} |")
     if fb != cc.FULL_B:
         f64 = results[f"full/B{cc.FULL_B}/fastsort"]

@@ -53,7 +53,7 @@ def _full(benchmark, request, lib, B, rounds):
         benchmark.extra_info.update(peak_mb=peak["peak_mb"], peak_rss_mb=peak["peak_rss_mb"],
                                     setup_mb=peak["setup_mb"])
     step = cc.topk_step(cc.topk_module(lib), B=B)
-    benchmark.extra_info["check"] = float(step())  # warm-up
+    benchmark.extra_info["check"] = float(step(check=True))  # warm-up
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
 
 

@@ -79,14 +79,11 @@ def _check_logits_labels(logits, labels):
 
 def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
     """The true logit followed by the ``m - 1`` largest other logits (descending): ``[B, m]``."""
-    true = logits.gather(1, labels.unsqueeze(1))
-    # the m largest, then drop the label (or, when it is not among them, the m-th):
-    # no masked copy of the whole row is made
-    top = logits.topk(m, dim=1, sorted=True)
-    is_label = top.indices == labels.unsqueeze(1)
-    pos = torch.where(is_label.any(1), is_label.int().argmax(1), m).unsqueeze(1)  # where the label sits
-    j = torch.arange(m - 1, device=logits.device).unsqueeze(0)
-    return torch.cat([true, top.values.gather(1, j + (j >= pos).long())], dim=1)
+    # the columns are chosen without autograd; one gather then carries the gradient
+    # (a single zero-fill + scatter in the backward)
+    others = logits.detach().scatter(1, labels.unsqueeze(1), float("-inf"))
+    top = others.topk(m - 1, dim=1, sorted=True).indices
+    return logits.gather(1, torch.cat([labels.unsqueeze(1), top], dim=1))
 
 
 def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], method: str, p: dict,
