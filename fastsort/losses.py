@@ -81,9 +81,13 @@ def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tenso
     """The true logit followed by the ``m - 1`` largest other logits (descending): ``[B, m]``."""
     # the columns are chosen without autograd; one gather then carries the gradient
     # (a single zero-fill + scatter in the backward)
-    others = logits.detach().scatter(1, labels.unsqueeze(1), float("-inf"))
-    top = others.topk(m - 1, dim=1, sorted=True).indices
-    return logits.gather(1, torch.cat([labels.unsqueeze(1), top], dim=1))
+    lab = labels.unsqueeze(1)
+    top = logits.detach().scatter(1, lab, float("-inf")).topk(m - 1, dim=1, sorted=True).indices
+    sel = logits.gather(1, torch.cat([lab, top], dim=1))
+    # with fewer than m - 1 finite others, the label's (-inf-masked) column can be picked among
+    # the -inf ties: it stands for a masked class there, so its value is -inf, not the label's logit
+    picked_label = torch.cat([torch.zeros_like(lab, dtype=torch.bool), top == lab], dim=1)
+    return sel.masked_fill(picked_label, float("-inf"))
 
 
 def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], method: str, p: dict,
