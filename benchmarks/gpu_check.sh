@@ -83,14 +83,14 @@ print()" 2>&1
 echo "== tests: FASTSORT_TEST_DEVICE=cuda $PY -m pytest tests ${FASTSORT_PYTEST_ARGS:--x -q --durations=15}"
 T1=$(date +%s)
 # shellcheck disable=SC2086  # the extra arguments are meant to be word-split
-FASTSORT_TEST_DEVICE=cuda "$PY" -m pytest tests ${FASTSORT_PYTEST_ARGS:--x -q --durations=15} 2>&1 \
+FASTSORT_TEST_DEVICE=cuda timeout "${FASTSORT_TEST_TIMEOUT:-300}" "$PY" -m pytest tests ${FASTSORT_PYTEST_ARGS:--x -q --durations=15} 2>&1 \
     | tee "$LOGDIR/tests.log"
 TEST_RC=${PIPESTATUS[0]}
 T2=$(date +%s)
 
 # ---------------------------------------------------------------- benchmark
 echo "== benchmark: $PY benchmarks/gpu_bench.py --require-cuda (table -> bench.md, progress -> bench.log)"
-"$PY" benchmarks/gpu_bench.py --require-cuda 2>"$LOGDIR/bench.log" | tee "$LOGDIR/bench.md"
+timeout "${FASTSORT_BENCH_TIMEOUT:-240}" "$PY" benchmarks/gpu_bench.py --require-cuda 2>"$LOGDIR/bench.log" | tee "$LOGDIR/bench.md"
 BENCH_RC=${PIPESTATUS[0]}
 T3=$(date +%s)
 if [ "$BENCH_RC" -ne 0 ]; then
