@@ -5,6 +5,11 @@ needed, the gradient w.r.t. the ``m`` preselected logits of each row and
 their columns; its registered backward (``fastsort::topk_ce_fused_backward``)
 writes the dense ``dlogits`` once, scaled by ``grad_output``.  See
 :mod:`fastsort.kernels.topk_loss` for the kernel.
+
+In eager mode the same launchers run behind a plain ``autograd.Function``
+(:class:`_FusedTopKCE`): a custom op's Python dispatch costs more than the
+kernel itself at training batch sizes.  While ``torch.compile`` traces, the
+custom op is used, so the graph has no break.
 """
 from __future__ import annotations
 
@@ -39,10 +44,8 @@ def _topk_ce_fused(
     logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str, steepness: float,
     art_lambda: float, mode: str, p_first: float, p_rest: float, need_grad: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
-    v = _position_weights(tuple(c), m, str(logits.device))
-    return _kernels().fused_forward(logits, labels, v, table, (distribution, steepness, art_lambda), m, mode,
-                                    p_first, p_rest, need_grad)
+    return _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,
+                         need_grad)
 
 
 @_topk_ce_fused.register_fake
@@ -61,6 +64,29 @@ def _topk_ce_fused_backward(gsel: Tensor, idx: Tensor, grad_loss: Tensor, n_clas
 @_topk_ce_fused_backward.register_fake
 def _(gsel, idx, grad_loss, n_classes, dtype):
     return gsel.new_empty((gsel.shape[0], n_classes), dtype=dtype)
+
+
+def _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
+    table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
+    v = _position_weights(tuple(c), m, str(logits.device))
+    return _kernels().fused_forward(logits, labels, v, table, (distribution, steepness, art_lambda), m, mode,
+                                    p_first, p_rest, need_grad)
+
+
+class _FusedTopKCE(torch.autograd.Function):
+    """Eager-mode twin of ``fastsort::topk_ce_fused`` (same launchers, less dispatch)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, args):
+        loss, gsel, idx = _forward_impl(logits, labels, *args, True)
+        ctx.save_for_backward(gsel, idx)
+        ctx.n_classes, ctx.dtype = logits.shape[1], logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        gsel, idx = ctx.saved_tensors
+        return _kernels().scatter_backward(gsel, idx, g_loss, ctx.n_classes, ctx.dtype), None, None
 
 
 def _setup_context(ctx, inputs, output):
@@ -83,7 +109,10 @@ def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kin
                              mode: str, p_first: float, p_rest: float) -> Tensor:
     """Per-row fused loss ``[B]`` (float32) with top-m preselection."""
     need_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, _, _ = _topk_ce_fused(logits, labels, [float(v) for v in c], kind, m, params["distribution"],
-                                float(params["steepness"]), float(params["art_lambda"]), mode, float(p_first),
-                                float(p_rest), need_grad)
-    return loss
+    args = ([float(v) for v in c], kind, m, params["distribution"], float(params["steepness"]),
+            float(params["art_lambda"]), mode, float(p_first), float(p_rest))
+    if torch.compiler.is_compiling():
+        return _topk_ce_fused(logits, labels, *args, need_grad)[0]
+    if need_grad:
+        return _FusedTopKCE.apply(logits, labels, args)
+    return _forward_impl(logits, labels, *args, False)[0]

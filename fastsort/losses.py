@@ -169,12 +169,13 @@ def topk_cross_entropy(
             raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
-    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    be = kernel_backend(x, backend)
+    be = kernel_backend(logits, backend)
     c = rank_weights(p, top1_mode)
     if be == "triton" and method in NETWORK_METHODS and m is not None and m <= MAX_FUSED_M:
+        # the fused kernel reads the logits in their own dtype (no cast pass)
         loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]))
         return _reduce(loss, reduction).to(logits.dtype)
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
         x = preselect(x, labels, m)

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MAX_LANES, next_pow2, num_warps, rows_per_program
+from .launch import MAX_LANES, interpreting, next_pow2, num_warps, rows_per_program
 from .relaxations import relax
 
 
@@ -204,7 +204,8 @@ def check_size(n: int) -> None:
 def _sweep_blocks(R: int, C: int, NP: int):
     """(ROWS, CB, column programs) for a sweep over ``C`` columns of ``NP`` lanes."""
     CP = next_pow2(C)
-    CB = max(1, min(CP, rows_per_program(CP, NP)))
+    # all C columns of a row in one program when they fit (no atomics in the backward)
+    CB = max(1, min(CP, rows_per_program(CP, NP, target=None if interpreting() else 8192, spread=False)))
     ROWS = rows_per_program(R, CB * NP) if CB == CP else 1
     return ROWS, CB, triton.cdiv(C, CB)
 
