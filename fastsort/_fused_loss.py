@@ -56,7 +56,7 @@ def _(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_f
             logits.new_empty((B, w), dtype=torch.int32))
 
 
-@torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())
+@torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())  # zero-fill + scatter
 def _topk_ce_fused_backward(gsel: Tensor, idx: Tensor, grad_loss: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
     return _kernels().scatter_backward(gsel, idx, grad_loss, n_classes, dtype)
 

@@ -23,27 +23,17 @@ def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-#: on a GPU, keep at least this many programs when there are enough rows (2 per SM of an H100)
-MIN_PROGRAMS = 264
-
-
-def rows_per_program(n_rows: int, lanes: int, target: int | None = None, spread: bool = True) -> int:
-    """Rows per program (a power of two) for tiles of ``lanes`` elements per row.
-
-    A program's rows run their layers in lock-step, so on a GPU (``spread``)
-    rows are only packed together while enough programs remain to fill the machine.
-    """
+def rows_per_program(n_rows: int, lanes: int, target: int | None = None) -> int:
+    """Rows per program (a power of two) for tiles of ``lanes`` elements per row."""
     if target is None:
         target = 65536 if interpreting() else 4096
     rows = max(1, min(target // max(lanes, 1), next_pow2(n_rows)))
-    if spread and not interpreting():
-        rows = max(1, min(rows, n_rows // MIN_PROGRAMS))
     return 1 << (rows.bit_length() - 1)  # round down to a power of two
 
 
 def num_warps(tile_elems: int) -> int:
-    """Warps for a tile: 1 warp per 256 elements, between 1 and 16."""
+    """Warps for a tile: 1 warp per 512 elements, between 1 and 16."""
     if interpreting():
         return 1
-    w = max(1, min(16, tile_elems // 256))
+    w = max(1, min(16, tile_elems // 512))
     return 1 << (w.bit_length() - 1)

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MAX_LANES, interpreting, next_pow2, num_warps, rows_per_program
+from .launch import MAX_LANES, next_pow2, num_warps, rows_per_program
 from .relaxations import relax
 
 
@@ -125,7 +125,7 @@ def network_sweep_kernel(
     for i in range(D):
         l = D - 1 - i
         idx = partner_lanes(PARTNER, l, n, cols, cmask, ROWS * CB, NP)
-        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0)
+        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0).to(tl.float32)
         if SAVE:
             tl.store(SHIST + ((rows * D + l) * C + c) * n + cols, S, mask=mask)
         S = w * S + (1.0 - w) * tl.gather(S, idx, axis=1)
@@ -153,7 +153,7 @@ def network_sweep_backward_kernel(
             tl.atomic_add(GW + rows2 * D * n + l * n + cols, gw, mask=mask2)
         else:
             tl.store(GW + rows2 * D * n + l * n + cols, gw, mask=mask2)
-        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0)
+        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0).to(tl.float32)
         g = w * g + (1.0 - w) * tl.gather(g, idx, axis=1)
 
 
@@ -204,8 +204,7 @@ def check_size(n: int) -> None:
 def _sweep_blocks(R: int, C: int, NP: int):
     """(ROWS, CB, column programs) for a sweep over ``C`` columns of ``NP`` lanes."""
     CP = next_pow2(C)
-    # all C columns of a row in one program when they fit (no atomics in the backward)
-    CB = max(1, min(CP, rows_per_program(CP, NP, target=None if interpreting() else 8192, spread=False)))
+    CB = max(1, min(CP, rows_per_program(CP, NP)))
     ROWS = rows_per_program(R, CB * NP) if CB == CP else 1
     return ROWS, CB, triton.cdiv(C, CB)
 

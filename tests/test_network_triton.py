@@ -382,7 +382,7 @@ def test_column_split_sweep_uses_atomics(monkeypatch, device, kernel_calls):
     tile target forces the split cheaply; 33 columns in blocks of 16 also leaves a partial block):
     the backward must reduce ``gW`` across programs with atomics."""
     monkeypatch.setattr(kn, "rows_per_program",
-                        lambda n_rows, lanes, target=None, spread=True: launch.rows_per_program(n_rows, lanes, target=1024, spread=spread))
+                        lambda n_rows, lanes, target=None: launch.rows_per_program(n_rows, lanes, target=1024))
     splits = []
     real_blocks = kn._sweep_blocks
 
