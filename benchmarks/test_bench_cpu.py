@@ -65,3 +65,33 @@ def test_full_n(benchmark, request, lib):
 @pytest.mark.skipif(FULL_B == cc.FULL_B, reason="already measured by test_full_n")
 def test_full_n_fastsort_b64(benchmark, request):
     _full(benchmark, request, "fastsort", cc.FULL_B, rounds=3)
+
+
+# --------------------------------------------------------------------------- Sinkhorn (CPU torch path)
+SINKHORN_B = int(os.environ.get("FASTSORT_BENCH_SINKHORN_B", 256))  # B = 4096 is the GPU table's size
+
+
+@pytest.mark.parametrize("what", ["soft_topk k=5", "loss m=16", "loss full n"])
+def test_sinkhorn_cpu(benchmark, what):
+    """Sinkhorn on the CPU torch path (epsilon 0.1), x = [B, 1000], fwd+bwd; the GPU table has the
+    Triton vs torch comparison at B = 4096."""
+    import fastsort
+
+    benchmark.group = f"sinkhorn CPU torch path, B={SINKHORN_B}, n=1000 (fwd+bwd)"
+    torch.manual_seed(0)
+    x = torch.randn(SINKHORN_B, 1000, requires_grad=True)
+    y = torch.randint(0, 1000, (SINKHORN_B,))
+    g = torch.randn(SINKHORN_B, 5, 1000)
+
+    def step():
+        x.grad = None
+        if what == "soft_topk k=5":
+            out = (fastsort.soft_topk(x, 5, "sinkhorn", epsilon=0.1, backend="torch") * g).sum()
+        else:
+            out = fastsort.topk_cross_entropy(x, y, [0.5, 0, 0, 0, 0.5], "sinkhorn", inverse_temperature=10.0,
+                                              m=16 if what == "loss m=16" else None, backend="torch")
+        out.backward()
+        return out
+
+    benchmark.extra_info["value"] = float(step())
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=0)
