@@ -53,6 +53,19 @@ OUT_SORT, OUT_RANK, OUT_PLAN = 0, 1, 2
 
 
 @triton.jit
+def _plan_columns(BASE, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP: tl.constexpr):
+    """Pointers and mask of the plan columns kept in an output ``[R, ncol, n]``:
+    target ``j`` goes to column ``m - 1 - j`` (FLIP: top-k, largest first) or ``j - col0``."""
+    if FLIP:
+        col = m - 1 - jj
+    else:
+        col = jj - col0
+    cmask = jmask & (col >= 0) & (col < ncol)
+    ptr = BASE + rows64[:, None, None] * ncol * n + col[None, None, :] * n + ii[None, :, None]
+    return ptr, nmask[:, :, None] & cmask[None, None, :]
+
+
+@triton.jit
 def _squash(x, nmask, n, SQUASH: tl.constexpr):
     # z = sigmoid((x - mean) / (std + 1e-10)), population std, per row.
     if SQUASH:
@@ -174,13 +187,8 @@ def _sinkhorn_fwd_kernel(
         tl.store(OUT + rows64[:, None] * n + ii[None, :], rk, mask=nmask)
     else:
         # plan columns -> OUT[r, col, i]; col = m-1-j (FLIP) or j - col0
-        if FLIP:
-            col = m - 1 - jj
-        else:
-            col = jj - col0
-        cmask = jmask & (col >= 0) & (col < ncol)
-        ptr = OUT + rows64[:, None, None] * ncol * n + col[None, None, :] * n + ii[None, :, None]
-        tl.store(ptr, plan, mask=nmask[:, :, None] & cmask[None, None, :])
+        ptr, pmask = _plan_columns(OUT, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP)
+        tl.store(ptr, plan, mask=pmask)
 
 
 # %%
@@ -232,13 +240,8 @@ def _sinkhorn_bwd_kernel(
         dr = tl.load(DOUT + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
         Gc = nf * dr[:, :, None] * jf[None, None, :]
     else:
-        if FLIP:
-            col = m - 1 - jj
-        else:
-            col = jj - col0
-        cmask = jmask & (col >= 0) & (col < ncol)
-        ptr = DOUT + rows64[:, None, None] * ncol * n + col[None, None, :] * n + ii[None, :, None]
-        Gc = nf * tl.load(ptr, mask=nmask[:, :, None] & cmask[None, None, :], other=0.0).to(tl.float32)
+        ptr, pmask = _plan_columns(DOUT, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP)
+        Gc = nf * tl.load(ptr, mask=pmask, other=0.0).to(tl.float32)
     Gc = tl.where(valid, Gc, 0.0)
     GT = Gc * T
     u = tl.sum(GT, axis=2)                       # [ROWS, BLOCK_N]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastsort import sinkhorn as S
+from test_sinkhorn import call  # noqa: E402  (shared with the torch reference tests)
 
 KW = dict(epsilon=0.05, threshold=1e-4, max_iter=1000)
 
@@ -21,16 +22,7 @@ CASES = [
 
 
 def run(kind, x, k, backend, squash=True):
-    kw = dict(KW, squash=squash, backend=backend)
-    if kind == "sort":
-        return S.sinkhorn_sort(x, **kw)
-    if kind == "rank":
-        return S.sinkhorn_rank(x, **kw)
-    if kind == "perm":
-        return S.sinkhorn_permutation(x, **kw)
-    if kind == "topk":
-        return S.sinkhorn_topk(x, k, **kw)
-    return S.sinkhorn_topk_mask(x, k, **kw)
+    return call(kind, x, k, **dict(KW, squash=squash, backend=backend))
 
 
 @pytest.mark.parametrize("kind,n,k", CASES)
