@@ -43,7 +43,7 @@ def _position_weights(c: Tuple[float, ...], m: int, device: str) -> Tensor:
 def _topk_ce_fused(
     logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str, steepness: float,
     art_lambda: float, mode: str, p_first: float, p_rest: float, need_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor]:
     return _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,
                          need_grad)
 
@@ -51,9 +51,8 @@ def _topk_ce_fused(
 @_topk_ce_fused.register_fake
 def _(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
     B = logits.shape[0]
-    w = m if need_grad else 0
-    return (logits.new_empty(B, dtype=torch.float32), logits.new_empty((B, w), dtype=torch.float32),
-            logits.new_empty((B, w), dtype=torch.int32))
+    return (logits.new_empty((B, 1 + m if need_grad else 1), dtype=torch.float32),
+            logits.new_empty((B, m if need_grad else 0), dtype=torch.int64))
 
 
 @torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())  # zero-fill + scatter
@@ -67,6 +66,7 @@ def _(gsel, idx, grad_loss, n_classes, dtype):
 
 
 def _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
+    """``(out [B, 1 + m], idx [B, m])``: loss in column 0, then its gradient w.r.t. the m wires."""
     table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
     v = _position_weights(tuple(c), m, str(logits.device))
     return _kernels().fused_forward(logits, labels, v, table, (distribution, steepness, art_lambda), m, mode,
@@ -78,27 +78,26 @@ class _FusedTopKCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, args):
-        loss, gsel, idx = _forward_impl(logits, labels, *args, True)
-        ctx.save_for_backward(gsel, idx)
+        out, idx = _forward_impl(logits, labels, *args, True)
+        ctx.save_for_backward(out, idx)
         ctx.n_classes, ctx.dtype = logits.shape[1], logits.dtype
-        return loss
+        return out[:, 0]
 
     @staticmethod
     def backward(ctx, g_loss):
-        gsel, idx = ctx.saved_tensors
-        return _kernels().scatter_backward(gsel, idx, g_loss, ctx.n_classes, ctx.dtype), None, None
+        out, idx = ctx.saved_tensors
+        return _kernels().scatter_backward(out[:, 1:], idx, g_loss, ctx.n_classes, ctx.dtype), None, None
 
 
 def _setup_context(ctx, inputs, output):
     logits = inputs[0]
-    _, gsel, idx = output
-    ctx.save_for_backward(gsel, idx)
+    ctx.save_for_backward(*output)
     ctx.n_classes, ctx.dtype = logits.shape[1], logits.dtype
 
 
-def _backward(ctx, g_loss, g_gsel, g_idx):
-    gsel, idx = ctx.saved_tensors
-    dx = _topk_ce_fused_backward(gsel, idx, g_loss, ctx.n_classes, ctx.dtype)
+def _backward(ctx, g_out, g_idx):
+    out, idx = ctx.saved_tensors
+    dx = _topk_ce_fused_backward(out[:, 1:], idx, g_out[:, 0], ctx.n_classes, ctx.dtype)
     return (dx,) + (None,) * 11
 
 
@@ -112,7 +111,7 @@ def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kin
     args = ([float(v) for v in c], kind, m, params["distribution"], float(params["steepness"]),
             float(params["art_lambda"]), mode, float(p_first), float(p_rest))
     if torch.compiler.is_compiling():
-        return _topk_ce_fused(logits, labels, *args, need_grad)[0]
+        return _topk_ce_fused(logits, labels, *args, need_grad)[0][:, 0]
     if need_grad:
         return _FusedTopKCE.apply(logits, labels, args)
-    return _forward_impl(logits, labels, *args, False)[0]
+    return _forward_impl(logits, labels, *args, False)[0][:, 0]

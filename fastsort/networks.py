@@ -170,6 +170,8 @@ class NetworkTable:
             the form the Triton kernels read.
         index: the same as ``int64``, for ``torch.gather`` in the torch backend.
         desc: ``bool [D, n]`` comparator is descending.
+        lanes: ``int32 [D, n]`` ``partner | desc << 16``: both in one table, what
+            the Triton kernels read (one pointer argument fewer per launch).
     """
 
     kind: str
@@ -178,6 +180,7 @@ class NetworkTable:
     partner: torch.Tensor
     index: torch.Tensor
     desc: torch.Tensor
+    lanes: torch.Tensor
 
     @property
     def depth(self) -> int:
@@ -214,6 +217,8 @@ def get_network(kind: str, n: int, device="cpu", k: Optional[int] = None) -> Net
     table = _DEVICE_CACHE.get(key)
     if table is None:
         partner, desc = _build_cpu(kind, n, k)
-        table = NetworkTable(kind, n, k, partner.to(device), partner.long().to(device), desc.to(device))
+        lanes = partner | (desc.to(torch.int32) << 16)  # n <= 2**16 for every kernel size
+        table = NetworkTable(kind, n, k, partner.to(device), partner.long().to(device), desc.to(device),
+                             lanes.to(device))
         _DEVICE_CACHE[key] = table
     return table

@@ -38,19 +38,22 @@ from .relaxations import relax
 
 # --------------------------------------------------------------------------- device functions
 @triton.jit
-def layer_lanes(PARTNER, DESC, l, n, cols, cmask):
-    """Partner lane, descending flag, and lane masks of layer ``l`` (``[1, NP]``)."""
-    p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
-    p = tl.where(cmask, p, cols)  # pad lanes are their own partners
-    desc = tl.load(DESC + l * n + cols, mask=cmask, other=0) != 0
+def layer_lanes(LANES, l, n, cols, cmask):
+    """Partner lane, descending flag, and lane masks of layer ``l`` (``[1, NP]``).
+
+    ``LANES [D, n]`` holds ``partner | desc << 16`` per wire.
+    """
+    code = tl.load(LANES + l * n + cols, mask=cmask, other=0)
+    p = tl.where(cmask, code & 0xFFFF, cols)  # pad lanes are their own partners
+    desc = (code >> 16) != 0
     return p, desc, p > cols, p == cols
 
 
 @triton.jit
-def partner_lanes(PARTNER, l, n, cols, cmask, LINES: tl.constexpr, NP: tl.constexpr):
+def partner_lanes(LANES, l, n, cols, cmask, LINES: tl.constexpr, NP: tl.constexpr):
     """Layer ``l``'s partner lane for every element of a ``[LINES, NP]`` tile."""
-    p = tl.load(PARTNER + l * n + cols, mask=cmask, other=0)
-    return tl.broadcast_to(tl.where(cmask, p, cols), (LINES, NP))
+    code = tl.load(LANES + l * n + cols, mask=cmask, other=0)
+    return tl.broadcast_to(tl.where(cmask, code & 0xFFFF, cols), (LINES, NP))
 
 
 @triton.jit
@@ -86,7 +89,7 @@ def sweep_tile(pid, cid, R, n, C, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.c
 
 @triton.jit
 def network_forward_kernel(
-    X, Y, W, XIN, PARTNER, DESC,
+    X, Y, W, XIN, LANES,
     R, n, D, steepness, art_lambda,
     DIST: tl.constexpr, SAVE_W: tl.constexpr, SAVE_X: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
 ):
@@ -99,7 +102,7 @@ def network_forward_kernel(
     mask = (rows < R) & cmask
     x = tl.load(X + rows * n + cols, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, n, cols, cmask)
+        p, desc, is_lo, keep = layer_lanes(LANES, l, n, cols, cmask)
         xp = tl.gather(x, tl.broadcast_to(p, (ROWS, NP)), axis=1)
         d = tl.where(is_lo, xp - x, x - xp)  # x[hi] - x[lo], the same on both wires
         alpha, _ = relax(d, steepness, art_lambda, DIST)
@@ -115,7 +118,7 @@ def network_forward_kernel(
 
 @triton.jit
 def network_sweep_kernel(
-    W, INIT, S0, SHIST, PARTNER,
+    W, INIT, S0, SHIST, LANES,
     R, n, D, C,
     SAVE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
@@ -124,7 +127,7 @@ def network_sweep_kernel(
     S = tl.load(INIT + c * n + cols, mask=mask, other=0.0).to(tl.float32)
     for i in range(D):
         l = D - 1 - i
-        idx = partner_lanes(PARTNER, l, n, cols, cmask, ROWS * CB, NP)
+        idx = partner_lanes(LANES, l, n, cols, cmask, ROWS * CB, NP)
         w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0).to(tl.float32)
         if SAVE:
             tl.store(SHIST + ((rows * D + l) * C + c) * n + cols, S, mask=mask)
@@ -134,7 +137,7 @@ def network_sweep_kernel(
 
 @triton.jit
 def network_sweep_backward_kernel(
-    GS0, W, SHIST, GW, PARTNER,
+    GS0, W, SHIST, GW, LANES,
     R, n, D, C,
     ATOMIC: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
@@ -145,7 +148,7 @@ def network_sweep_backward_kernel(
     mask2 = (rows2 < R) & cmask
     g = tl.load(GS0 + (rows * C + c) * n + cols, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        idx = partner_lanes(PARTNER, l, n, cols, cmask, ROWS * CB, NP)
+        idx = partner_lanes(LANES, l, n, cols, cmask, ROWS * CB, NP)
         S = tl.load(SHIST + ((rows * D + l) * C + c) * n + cols, mask=mask, other=0.0)
         contrib = g * (S - tl.gather(S, idx, axis=1))
         gw = tl.sum(tl.reshape(contrib, (ROWS, CB, NP)), axis=1)
@@ -159,7 +162,7 @@ def network_sweep_backward_kernel(
 
 @triton.jit
 def network_backward_kernel(
-    GY, GW, W, XIN, GX, PARTNER, DESC,
+    GY, GW, W, XIN, GX, LANES,
     R, n, D, steepness, art_lambda,
     DIST: tl.constexpr, HAS_GY: tl.constexpr, HAS_GW: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
 ):
@@ -175,7 +178,7 @@ def network_backward_kernel(
         g = tl.zeros((ROWS, NP), dtype=tl.float32)
     for i in range(D):
         l = D - 1 - i
-        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, n, cols, cmask)
+        p, desc, is_lo, keep = layer_lanes(LANES, l, n, cols, cmask)
         idx = tl.broadcast_to(p, (ROWS, NP))
         off = rows * D * n + l * n + cols
         x = tl.load(XIN + off, mask=mask, other=0.0)
@@ -229,7 +232,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
     ROWS = rows_per_program(R, NP)
     network_forward_kernel[(triton.cdiv(R, ROWS),)](
-        x, y, W, XIN, table.partner, table.desc.view(torch.int8),
+        x, y, W, XIN, table.lanes,
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
         num_warps=num_warps(ROWS * NP),
@@ -242,7 +245,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         SHIST = x.new_empty((R, D, C, n)) if need_grad else x.new_empty(0)
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         network_sweep_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
-            W, init, S0, SHIST, table.partner,
+            W, init, S0, SHIST, table.lanes,
             R, n, D, C,
             SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
             num_warps=num_warps(ROWS_S * CB * NP),
@@ -263,7 +266,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         GW = (torch.zeros if n_cprog > 1 else torch.empty)((R, D, n), device=W.device, dtype=torch.float32)
         network_sweep_backward_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
-            gS0, W, SHIST, GW, table.partner,
+            gS0, W, SHIST, GW, table.lanes,
             R, n, D, C,
             ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
             num_warps=num_warps(ROWS_S * CB * NP),
@@ -273,8 +276,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         gy = gy.to(torch.float32).contiguous()
     ROWS = rows_per_program(R, NP)
     network_backward_kernel[(triton.cdiv(R, ROWS),)](
-        gy if gy is not None else gx, GW if GW is not None else W, W, XIN, gx, table.partner,
-        table.desc.view(torch.int8),
+        gy if gy is not None else gx, GW if GW is not None else W, W, XIN, gx, table.lanes,
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
         num_warps=num_warps(ROWS * NP),
@@ -289,12 +291,12 @@ def aot_variants():
     Returns ``(test_id, jit_fn, signature, constexprs)`` tuples.
     """
     out = []
-    fwd_sig = {"X": "*fp32", "Y": "*fp32", "W": "*fp32", "XIN": "*fp32", "PARTNER": "*i32", "DESC": "*i8",
+    fwd_sig = {"X": "*fp32", "Y": "*fp32", "W": "*fp32", "XIN": "*fp32", "LANES": "*i32",
                "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "SAVE_W": "constexpr", "SAVE_X": "constexpr", "ROWS": "constexpr",
                "NP": "constexpr"}
-    bwd_sig = {"GY": "*fp32", "GW": "*fp32", "W": "*fp32", "XIN": "*fp32", "GX": "*fp32", "PARTNER": "*i32",
-               "DESC": "*i8", "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
+    bwd_sig = {"GY": "*fp32", "GW": "*fp32", "W": "*fp32", "XIN": "*fp32", "GX": "*fp32", "LANES": "*i32",
+               "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "HAS_GY": "constexpr", "HAS_GW": "constexpr", "ROWS": "constexpr",
                "NP": "constexpr"}
     from ..relaxations import DISTRIBUTIONS
@@ -307,10 +309,10 @@ def aot_variants():
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
             out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
                         bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=8, NP=128)))
-    sw_sig = {"W": "*fp32", "INIT": "*fp32", "S0": "*fp32", "SHIST": "*fp32", "PARTNER": "*i32",
+    sw_sig = {"W": "*fp32", "INIT": "*fp32", "S0": "*fp32", "SHIST": "*fp32", "LANES": "*i32",
               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
               "SAVE": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
-    swb_sig = {"GS0": "*fp32", "W": "*fp32", "SHIST": "*fp32", "GW": "*fp32", "PARTNER": "*i32",
+    swb_sig = {"GS0": "*fp32", "W": "*fp32", "SHIST": "*fp32", "GW": "*fp32", "LANES": "*i32",
                "R": "i32", "n": "i32", "D": "i32", "C": "i32",
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):

@@ -62,12 +62,19 @@ def _unkey(key):
 
 @triton.jit
 def topk_ce_fused_kernel(
-    X, LABELS, V, PARTNER, DESC,
-    LOSS, GSEL, IDX, XS, WS, AS,
+    X, LABELS, TAB, OUT, IDX, SCR,
     B, C, m, D, stride_x, steepness, art_lambda, p_first, p_rest,
     DIST: tl.constexpr, MODE: tl.constexpr, NEED_GRAD: tl.constexpr,
     ROWS: tl.constexpr, MP: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """Arguments (few pointers: every one costs a driver call per launch):
+
+    * ``TAB`` int32 ``[D m + m]``: the layer lanes (``partner | desc << 16``)
+      then the position weights ``v`` as float32 bits;
+    * ``OUT`` float32 ``[B, 1 + m]`` (``[B, 1]`` without gradient): the loss,
+      then ``dloss/dwire``; ``IDX`` int64 ``[B, m]``: the wires' columns;
+    * ``SCR`` float32 ``[3, B, D, MP]``: per-layer ``x``, ``w``, ``a`` scratch.
+    """
     pid = tl.program_id(0)
     rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]  # [ROWS, 1]
     rmask = rows < B
@@ -113,8 +120,9 @@ def topk_ce_fused_kernel(
     xn = tl.maximum(x, NEG_BIG)
     xn = tl.where(x != x, x, xn)  # keep NaN
     a = tl.where(lanes == 0, 1.0, 0.0) + tl.zeros((ROWS, MP), tl.float32)
+    plane = (rows * 0 + B) * D * MP  # int64 offset between the three scratch planes
     for l in range(D):
-        p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, m, lanes, lmask)
+        p, desc, is_lo, keep = layer_lanes(TAB, l, m, lanes, lmask)
         pi = tl.broadcast_to(p, (ROWS, MP))
         xp = tl.gather(xn, pi, axis=1)
         d = tl.where(is_lo, xp - xn, xn - xp)
@@ -122,12 +130,12 @@ def topk_ce_fused_kernel(
         w = tl.where(keep, 1.0, tl.where(desc, 1.0 - alpha, alpha))
         if NEED_GRAD:
             off = rows * D * MP + l * MP + lanes
-            tl.store(XS + off, xn, mask=rmask)
-            tl.store(WS + off, w, mask=rmask)
-            tl.store(AS + off, a, mask=rmask)
+            tl.store(SCR + off, xn, mask=rmask)
+            tl.store(SCR + plane + off, w, mask=rmask)
+            tl.store(SCR + 2 * plane + off, a, mask=rmask)
         xn = tl.where(keep, xn, w * xn + (1.0 - w) * xp)
         a = w * a + (1.0 - w) * tl.gather(a, pi, axis=1)
-    v = tl.load(V + lanes, mask=lmask, other=0.0)
+    v = tl.load(TAB + D * m + lanes, mask=lmask, other=0).to(tl.float32, bitcast=True)
     q_net = tl.sum(a * v, axis=1)[:, None]
 
     # ---- 3. the loss and dloss/dq
@@ -146,7 +154,8 @@ def topk_ce_fused_kernel(
         g_net = -(1.0 - 2e-7) / (q_net * (1.0 - 2e-7) + 1e-7)
         g_x = tl.zeros((ROWS, MP), tl.float32)
     loss = tl.where(bad_label, float("nan"), loss)
-    tl.store(LOSS + rows, loss, mask=rmask)
+    width = 1 + m if NEED_GRAD else 1
+    tl.store(OUT + rows * width, loss, mask=rmask)
 
     if NEED_GRAD:
         tl.debug_barrier()
@@ -155,12 +164,12 @@ def topk_ce_fused_kernel(
         g = tl.zeros((ROWS, MP), tl.float32)
         for i in range(D):
             l = D - 1 - i
-            p, desc, is_lo, keep = layer_lanes(PARTNER, DESC, l, m, lanes, lmask)
+            p, desc, is_lo, keep = layer_lanes(TAB, l, m, lanes, lmask)
             pi = tl.broadcast_to(p, (ROWS, MP))
             off = rows * D * MP + l * MP + lanes
-            xl = tl.load(XS + off, mask=rmask, other=0.0)
-            w = tl.load(WS + off, mask=rmask, other=1.0)
-            al = tl.load(AS + off, mask=rmask, other=0.0)
+            xl = tl.load(SCR + off, mask=rmask, other=0.0)
+            w = tl.load(SCR + plane + off, mask=rmask, other=1.0)
+            al = tl.load(SCR + 2 * plane + off, mask=rmask, other=0.0)
             xp = tl.gather(xl, pi, axis=1)
             gw = g * (xl - xp) + g_net * u * (al - tl.gather(al, pi, axis=1))
             g = w * g + (1.0 - w) * tl.gather(g, pi, axis=1)
@@ -169,8 +178,8 @@ def topk_ce_fused_kernel(
         # -inf logits were clamped: no gradient flows to them
         g = tl.where(x < NEG_BIG, 0.0, g) + g_x
         g = tl.where(bad_label, float("nan"), g)
-        tl.store(GSEL + rows * m + lanes, g, mask=mask)
-        tl.store(IDX + rows * m + lanes, idx, mask=mask)
+        tl.store(OUT + rows * width + 1 + lanes, g, mask=mask)
+        tl.store(IDX + rows * m + lanes, idx.to(tl.int64), mask=mask)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -183,9 +192,25 @@ def _config(B: int, C: int, MP: int):
     return ROWS, BLOCK_C
 
 
+_TABS = {}
+
+
+def _loss_table(table, v: torch.Tensor) -> torch.Tensor:
+    """``TAB``: the layer lanes and the position weights in one int32 tensor (cached)."""
+    key = (id(table), id(v))
+    hit = _TABS.get(key)
+    if hit is None:
+        tab = torch.cat([table.lanes.reshape(-1), v.to(torch.float32).view(torch.int32)])
+        hit = _TABS[key] = (table, v, tab)  # keeps table and v alive while their ids are keys
+    return hit[2]
+
+
 def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_first: float, p_rest: float,
                   need_grad: bool):
-    """``(loss [B] fp32, gsel [B, m] fp32, idx [B, m] int32)`` for ``logits [B, C]`` (any float dtype)."""
+    """``(out, idx)`` for ``logits [B, C]`` (any float dtype): ``out [B, 1 + m]`` float32 holds
+    the loss (column 0) and its gradient w.r.t. the ``m`` wires, whose columns are ``idx [B, m]``
+    (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.
+    """
     distribution, steepness, art_lambda = relax_params
     from ..relaxations import DISTRIBUTION_CODES
 
@@ -196,25 +221,20 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     D = table.depth
     MP = next_pow2(m)
     dev = logits.device
-    loss = torch.empty(B, device=dev, dtype=torch.float32)
+    out = torch.empty((B, 1 + m if need_grad else 1), device=dev, dtype=torch.float32)
     if need_grad:
-        gsel = torch.empty((B, m), device=dev, dtype=torch.float32)
-        idx = torch.empty((B, m), device=dev, dtype=torch.int32)
+        idx = torch.empty((B, m), device=dev, dtype=torch.int64)
         scratch = torch.empty((3, B, D, MP), device=dev, dtype=torch.float32)
-        XS, WS, AS = scratch[0], scratch[1], scratch[2]
     else:
-        gsel = idx = XS = WS = AS = loss
+        idx = scratch = out  # not written
     ROWS, BLOCK_C = _config(B, C, MP)
     topk_ce_fused_kernel[(triton.cdiv(B, ROWS),)](
-        logits, labels, v, table.partner, table.desc.view(torch.int8),
-        loss, gsel if need_grad else loss, idx if need_grad else loss, XS, WS, AS,
+        logits, labels, _loss_table(table, v), out, idx, scratch,
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
         DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode], NEED_GRAD=need_grad,
         ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=num_warps(ROWS * BLOCK_C),
     )
-    if not need_grad:
-        gsel = idx = loss.new_empty((B, 0))
-    return loss, gsel, idx
+    return out, (idx if need_grad else torch.empty((B, 0), device=dev, dtype=torch.int64))
 
 
 def scatter_backward(gsel, idx, grad_out, C: int, dtype):
@@ -225,15 +245,14 @@ def scatter_backward(gsel, idx, grad_out, C: int, dtype):
     """
     g = gsel * (grad_out.unsqueeze(1) if grad_out.dim() else grad_out)
     dx = torch.zeros((gsel.shape[0], C), device=gsel.device, dtype=dtype)
-    return dx.scatter_(1, idx.long(), g.to(dtype))
+    return dx.scatter_(1, idx, g.to(dtype))
 
 
 def aot_variants():
     """Every ``constexpr`` variant the launchers use: ``(test_id, jit_fn, signature, constexprs)``."""
     from ..relaxations import DISTRIBUTIONS
 
-    sig = {"X": "*fp32", "LABELS": "*i64", "V": "*fp32", "PARTNER": "*i32", "DESC": "*i8",
-           "LOSS": "*fp32", "GSEL": "*fp32", "IDX": "*i32", "XS": "*fp32", "WS": "*fp32", "AS": "*fp32",
+    sig = {"X": "*fp32", "LABELS": "*i64", "TAB": "*i32", "OUT": "*fp32", "IDX": "*i64", "SCR": "*fp32",
            "B": "i32", "C": "i32", "m": "i32", "D": "i32", "stride_x": "i32", "steepness": "fp32",
            "art_lambda": "fp32", "p_first": "fp32", "p_rest": "fp32",
            "DIST": "constexpr", "MODE": "constexpr", "NEED_GRAD": "constexpr", "ROWS": "constexpr",

@@ -229,8 +229,9 @@ def _fused_direct(logits, labels, p_k, method, m, mode, need_grad, device):
     c = fastsort.losses.rank_weights(p_k, mode)
     table = fastsort.get_network(method, m, device, len(p_k) if method == "splitter_selection" else None)
     v = _fused_loss._position_weights(tuple(c), m, str(device))
-    return ktl.fused_forward(logits.to(device), labels.to(device), v, table, ("cauchy", 2.0, 0.25), m, mode,
-                             p_k[0], sum(p_k[1:]), need_grad)
+    out, idx = ktl.fused_forward(logits.to(device), labels.to(device), v, table, ("cauchy", 2.0, 0.25), m, mode,
+                                 p_k[0], sum(p_k[1:]), need_grad)
+    return out[:, 0], out[:, 1:], idx
 
 
 @pytest.mark.parametrize("method,mode,m,need_grad", [("bitonic", "sm", 5, True), ("odd_even", "sort", 8, False),
@@ -253,7 +254,7 @@ def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
     ref.sum().backward()
     others = logits.scatter(1, labels[:, None], float("-inf")).topk(m - 1, dim=1).indices
     expected_idx = torch.cat([labels[:, None], others], dim=1)
-    assert idx.dtype == torch.int32
+    assert idx.dtype == torch.int64
     assert torch.equal(idx.cpu().long(), expected_idx)
     assert_close(gsel, lr.grad.gather(1, expected_idx), 1e-4, "gsel")
     # the torch backend's gradient is zero outside the m preselected columns, as the fused one is
@@ -267,7 +268,7 @@ def test_scatter_backward_writes_every_element(dtype, per_row, device):
     everywhere else, in the logits' dtype; C spans several column blocks and is not a multiple of one."""
     b, m, C = 3, 6, 5000
     gsel = torch.randn(b, m)
-    idx = torch.stack([torch.randperm(C)[:m] for _ in range(b)]).to(torch.int32)
+    idx = torch.stack([torch.randperm(C)[:m] for _ in range(b)])
     idx[0, 0] = C - 1  # the last column
     grad_out = torch.randn(b) if per_row else torch.tensor(0.75)
     with nan_filled_allocations(ktl):
