@@ -13,12 +13,12 @@ custom op is used, so the graph has no break.
 """
 from __future__ import annotations
 
-import functools
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
+from .functional import sweep_init
 from .networks import get_network
 
 #: the fused kernel serves top-m preselection up to this many wires
@@ -31,12 +31,10 @@ def _kernels():
     return topk_loss
 
 
-@functools.lru_cache(maxsize=256)
-def _position_weights(c: Tuple[float, ...], m: int, device: str) -> Tensor:
-    """``v [m]``: weight of each ascending position (position ``m - r`` has ``c_r``)."""
-    v = torch.zeros(m, dtype=torch.float32)
-    v[m - len(c):] = torch.tensor(c[::-1], dtype=torch.float32)
-    return v.to(device)
+def _position_weights(c: Tuple[float, ...], m: int, device) -> Tensor:
+    """``v [1, m]``: weight of each ascending position (position ``m - r`` has ``c_r``); cached,
+    so the kernels' packed table built from it is cached too."""
+    return sweep_init("weights", m, len(c), torch.float32, device, tuple(c))
 
 
 @torch.library.custom_op("fastsort::topk_ce_fused", mutates_args=())
@@ -68,7 +66,7 @@ def _(gsel, idx, grad_loss, n_classes, dtype):
 def _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
     """``(out [B, 1 + m], idx [B, m])``: loss in column 0, then its gradient w.r.t. the m wires."""
     table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
-    v = _position_weights(tuple(c), m, str(logits.device))
+    v = _position_weights(tuple(c), m, logits.device)
     return _kernels().fused_forward(logits, labels, v, table, (distribution, steepness, art_lambda), m, mode,
                                     p_first, p_rest, need_grad)
 

@@ -125,10 +125,36 @@ def _network(x2: torch.Tensor, method: str, p: Dict[str, Any], init: Optional[to
     return network_apply(x2, init, method, k if method == "splitter_selection" else None, relax, backend)
 
 
-def _topk_init(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
-    """Unit rows of the top ``k`` positions, the largest first: ``[k, n]``."""
-    init = torch.zeros(k, n, dtype=like.dtype, device=like.device)
-    init[torch.arange(k), n - 1 - torch.arange(k)] = 1
+_INITS: Dict[tuple, torch.Tensor] = {}
+
+
+def sweep_init(kind: str, n: int, k: int, dtype: torch.dtype, device, weights: Tuple[float, ...] = ()) -> torch.Tensor:
+    """The block ``S^D [C, n]`` that the reverse sweep multiplies by ``X`` (built once, cached per device).
+
+    * ``topk``: unit rows of the top ``k`` positions, the largest first (``[k, n]``);
+    * ``ranks``: the positions ``1..n`` (``[1, n]``);
+    * ``mask``: the indicator of the top ``k`` positions (``[1, n]``);
+    * ``weights``: ``weights[r]`` at rank ``r + 1``, i.e. position ``n - 1 - r`` (``[1, n]``).
+    """
+    key = (kind, n, k, weights, dtype, str(device))
+    compiling = torch.compiler.is_compiling()
+    hit = None if compiling else _INITS.get(key)
+    if hit is not None:
+        return hit
+    if kind == "topk":
+        init = torch.zeros(k, n, dtype=dtype)
+        init[torch.arange(k), n - 1 - torch.arange(k)] = 1
+    elif kind == "ranks":
+        init = torch.arange(1, n + 1, dtype=dtype).unsqueeze(0)
+    elif kind == "mask":
+        init = torch.zeros(1, n, dtype=dtype)
+        init[:, n - k:] = 1
+    else:
+        init = torch.zeros(1, n, dtype=dtype)
+        init[0, n - len(weights):] = torch.tensor(weights[::-1], dtype=dtype)
+    init = init.to(device)
+    if not compiling and len(_INITS) < 4096:
+        _INITS[key] = init
     return init
 
 
@@ -136,7 +162,7 @@ def _rows_desc(x2: torch.Tensor, k: int, method: str, p: Dict[str, Any], backend
     """The top ``k`` rows of P (descending ranks) for ``x2 [R, n]``: ``[R, k, n]``."""
     n = x2.shape[-1]
     if method in NETWORK_METHODS:
-        return _network(x2, method, p, _topk_init(n, k, x2), backend, k)[1]
+        return _network(x2, method, p, sweep_init("topk", n, k, x2.dtype, x2.device), backend, k)[1]
     if method == "neuralsort":
         return neuralsort_rows(x2, k, p["tau"])
     if method == "softsort":
@@ -241,16 +267,16 @@ def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backen
     """
     p, x2, lead, be = _start(x, method, "soft_rank", dim, backend, params)
     n = x2.shape[-1]
-    positions = torch.arange(1, n + 1, dtype=x2.dtype, device=x2.device)
+    positions = sweep_init("ranks", n, n, x2.dtype, x2.device)
     if method in NETWORK_METHODS:
-        r = _network(x2, method, p, positions.unsqueeze(0), be)[1].squeeze(1)
+        r = _network(x2, method, p, positions, be)[1].squeeze(1)
     elif method == "sinkhorn":
         from . import sinkhorn
 
         r = sinkhorn.sinkhorn_rank(x2, backend=be, **_sinkhorn_kw(p))
     else:
         P = _rows_desc(x2, n, method, p, be)  # rank order: row 0 = position n - 1
-        r = (positions.flip(0).unsqueeze(-1) * P).sum(-2)
+        r = (positions[0].flip(0).unsqueeze(-1) * P).sum(-2)
     return r.reshape(lead + (n,)).movedim(-1, dim).to(x.dtype)
 
 
@@ -298,9 +324,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
         mask = sinkhorn.sinkhorn_topk_mask(x2, k, backend=be, **_sinkhorn_kw(p))
     elif method in NETWORK_METHODS:
         # one vector through the sweep: the indicator of the top k positions
-        ind = torch.zeros(1, n, dtype=x2.dtype, device=x2.device)
-        ind[:, n - k:] = 1
-        mask = _network(x2, method, p, ind, be, k)[1].squeeze(1)
+        mask = _network(x2, method, p, sweep_init("mask", n, k, x2.dtype, x2.device), be, k)[1].squeeze(1)
     else:
         mask = _rows_desc(x2, k, method, p, be).sum(-2)
     return mask.reshape(lead + (n,)).movedim(-1, dim).to(x.dtype)

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
-from .functional import NETWORK_METHODS, _network, _rows_desc, check_method, kernel_backend, parse_params
+from .functional import NETWORK_METHODS, _network, _rows_desc, check_method, kernel_backend, parse_params, sweep_init
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
 
@@ -95,14 +95,13 @@ def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], metho
     """``sum_r c_r P[r, y]`` per row for ``x [B, n]`` (compute dtype): ``[B]``."""
     n = x.shape[1]
     K = len(c)
+    v = sweep_init("weights", n, K, x.dtype, x.device, tuple(c))  # [1, n]: c_r at position n - r
     if method in NETWORK_METHODS:
-        v = torch.zeros(1, n, dtype=x.dtype, device=x.device)
-        v[0, n - K:] = torch.tensor(c[::-1], dtype=x.dtype)
         S0 = _network(x.clamp(min=_NEG_BIG), method, p, v, backend, K)[1]
         return S0[:, 0, :].gather(1, labels.unsqueeze(1)).squeeze(1)
     rows = _rows_desc(x, K, method, p, backend)  # [B, K, n]
     col = rows.gather(2, labels.view(-1, 1, 1).expand(-1, K, 1)).squeeze(2)
-    return col @ torch.tensor(c, dtype=x.dtype, device=x.device)
+    return col @ v[0, n - K:].flip(0)
 
 
 def _method_params(method, inverse_temperature, distribution, art_lambda):

@@ -200,7 +200,9 @@ def _loss_table(table, v: torch.Tensor) -> torch.Tensor:
     key = (id(table), id(v))
     hit = _TABS.get(key)
     if hit is None:
-        tab = torch.cat([table.lanes.reshape(-1), v.to(torch.float32).view(torch.int32)])
+        if len(_TABS) > 4096:  # callers pass cached tables and weights; this only bounds misuse
+            _TABS.clear()
+        tab = torch.cat([table.lanes.reshape(-1), v.to(torch.float32).reshape(-1).view(torch.int32)])
         hit = _TABS[key] = (table, v, tab)  # keeps table and v alive while their ids are keys
     return hit[2]
 

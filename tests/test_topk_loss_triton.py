@@ -228,7 +228,7 @@ def _fused_direct(logits, labels, p_k, method, m, mode, need_grad, device):
     """``fused_forward`` with the table and position weights the public path builds."""
     c = fastsort.losses.rank_weights(p_k, mode)
     table = fastsort.get_network(method, m, device, len(p_k) if method == "splitter_selection" else None)
-    v = _fused_loss._position_weights(tuple(c), m, str(device))
+    v = _fused_loss._position_weights(tuple(c), m, device)
     out, idx = ktl.fused_forward(logits.to(device), labels.to(device), v, table, ("cauchy", 2.0, 0.25), m, mode,
                                  p_k[0], sum(p_k[1:]), need_grad)
     return out[:, 0], out[:, 1:], idx
