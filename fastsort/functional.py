@@ -189,9 +189,18 @@ def _start(x, method, op, dim, backend, params):
 
 def kernel_backend(x2: torch.Tensor, backend: str) -> str:
     """:func:`resolve_backend`, except that float64 always runs on the torch path (the
-    kernels compute in float32; float64 is for references and gradcheck)."""
+    kernels compute in float32; float64 is for references and gradcheck), and that
+    ``auto`` runs rows longer than the kernels hold in registers (``n > 8192``) on the
+    torch path too; an explicit ``backend="triton"`` raises for them instead."""
     be = resolve_backend(x2, backend)
-    return "torch" if x2.dtype == torch.float64 else be
+    if x2.dtype == torch.float64:
+        return "torch"
+    if be == "triton" and backend == "auto":
+        from .kernels.launch import MAX_LANES
+
+        if x2.shape[-1] > MAX_LANES:
+            return "torch"
+    return be
 
 
 # --------------------------------------------------------------------------- public ops
