@@ -187,18 +187,19 @@ def _start(x, method, op, dim, backend, params):
     return p, x2, lead, kernel_backend(x2, backend)
 
 
-def kernel_backend(x2: torch.Tensor, backend: str) -> str:
+def kernel_backend(x2: torch.Tensor, backend: str, n: Optional[int] = None) -> str:
     """:func:`resolve_backend`, except that float64 always runs on the torch path (the
     kernels compute in float32; float64 is for references and gradcheck), and that
     ``auto`` runs rows longer than the kernels hold in registers (``n > 8192``) on the
-    torch path too; an explicit ``backend="triton"`` raises for them instead."""
+    torch path too (``n``: the row length the kernels will see, default ``x2``'s last dim);
+    an explicit ``backend="triton"`` raises for them instead."""
     be = resolve_backend(x2, backend)
     if x2.dtype == torch.float64:
         return "torch"
     if be == "triton" and backend == "auto":
         from .kernels.launch import MAX_LANES
 
-        if x2.shape[-1] > MAX_LANES:
+        if (x2.shape[-1] if n is None else n) > MAX_LANES:
             return "torch"
     return be
 

@@ -168,7 +168,7 @@ def topk_cross_entropy(
             raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
-    be = kernel_backend(logits, backend)
+    be = kernel_backend(logits, backend, n=m)  # the network sees m wires with preselection
     c = rank_weights(p, top1_mode)
     if be == "triton" and method in NETWORK_METHODS and m is not None and m <= MAX_FUSED_M:
         # the fused kernel reads the logits in their own dtype (no cast pass)
