@@ -121,10 +121,10 @@ _network_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def network_apply(x: Tensor, init: Optional[Tensor], kind: str, k: Optional[int], relax: Relaxation,
                   backend: str) -> Tuple[Tensor, Tensor]:
-    """``(y [R, n], S0 [R, C, n])`` for ``x [R, n]`` (float32/float64) and ``init [C, n]``."""
+    """``(y [R, n], S0 [R, C, n])`` for ``x [R, n]`` (float32/float64) and ``init [C, n]``.
+
+    ``backend`` comes from :func:`fastsort.functional.kernel_backend` (float64 -> torch)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
-    if backend == "triton" and x.dtype == torch.float64:
-        backend = "torch"  # the kernels compute in float32; float64 is the torch path's
     y, S0, _, _, _ = _network_forward(x, init, kind, int(k or 0), relax.distribution, float(relax.steepness),
                                       float(relax.art_lambda), backend, need_grad)
     return y, S0

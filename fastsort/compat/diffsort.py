@@ -35,8 +35,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._dispatch import resolve_backend
-from ..functional import _network, compute_dtype, parse_params
+from ..functional import _network, compute_dtype, kernel_backend, parse_params, sweep_init
 from ..relaxations import DISTRIBUTIONS
 
 __all__ = ["DiffSortNet", "CompatError", "UnsupportedOptionError", "SORTING_NETWORKS", "DISTRIBUTIONS"]
@@ -143,10 +142,10 @@ def run_network(vectors: torch.Tensor, kind: str, columns: int, steepness, art_l
                                 distribution=check_distribution(distribution),
                                 art_lambda=_as_float("art_lambda", art_lambda)))
     n = x2.shape[1]
-    init = torch.eye(n, dtype=x2.dtype, device=x2.device)[n - columns:]  # row c: unit at position n - columns + c
-    y, S0 = _network(x2, kind, p, init, resolve_backend(x2, "auto"), k)
-    # S0[b, c, i] = weight of input i at position n - columns + c; diffsort's layout is inputs x positions
-    return y.to(vectors.dtype), S0.transpose(1, 2).contiguous().to(vectors.dtype)
+    init = sweep_init("topk", n, columns, x2.dtype, x2.device)  # unit rows of the top positions, largest first
+    y, S0 = _network(x2, kind, p, init, kernel_backend(x2, "auto"), k)
+    # S0[b, r, i] = weight of input i at position n - 1 - r; diffsort's layout is inputs x ascending positions
+    return y.to(vectors.dtype), S0.flip(1).transpose(1, 2).contiguous().to(vectors.dtype)
 
 
 # --------------------------------------------------------------------------- the module
