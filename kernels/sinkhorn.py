@@ -53,6 +53,18 @@ OUT_SORT, OUT_RANK, OUT_PLAN = 0, 1, 2
 
 
 @triton.jit
+def _row_tile(R, n, m, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's rows and the masks of its ``[ROWS, BLOCK_N]`` inputs and ``[BLOCK_M]`` targets."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < R
+    ii = tl.arange(0, BLOCK_N)
+    jj = tl.arange(0, BLOCK_M)
+    nmask = rmask[:, None] & (ii[None, :] < n)  # [ROWS, BLOCK_N]
+    jmask = jj < m  # [BLOCK_M]
+    return rows, rmask, ii, jj, nmask, jmask, rows.to(tl.int64)
+
+
+@triton.jit
 def _plan_columns(BASE, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP: tl.constexpr):
     """Pointers and mask of the plan columns kept in an output ``[R, ncol, n]``:
     target ``j`` goes to column ``m - 1 - j`` (FLIP: top-k, largest first) or ``j - col0``."""
@@ -98,14 +110,7 @@ def _sinkhorn_fwd_kernel(
     SQUASH: tl.constexpr, INIT_SORT: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    rmask = rows < R
-    ii = tl.arange(0, BLOCK_N)
-    jj = tl.arange(0, BLOCK_M)
-    nmask = rmask[:, None] & (ii[None, :] < n)          # [ROWS, BLOCK_N]
-    jmask = jj < m                                       # [BLOCK_M]
-    rows64 = rows.to(tl.int64)
+    rows, rmask, ii, jj, nmask, jmask, rows64 = _row_tile(R, n, m, ROWS, BLOCK_N, BLOCK_M)
 
     # -- load and squash the rows; keep z for the backward pass
     x = tl.load(X + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
@@ -209,16 +214,9 @@ def _sinkhorn_bwd_kernel(
     SQUASH: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    rmask = rows < R
-    ii = tl.arange(0, BLOCK_N)
-    jj = tl.arange(0, BLOCK_M)
-    nmask = rmask[:, None] & (ii[None, :] < n)
-    jmask = jj < m
+    rows, rmask, ii, jj, nmask, jmask, rows64 = _row_tile(R, n, m, ROWS, BLOCK_N, BLOCK_M)
     gmask = rmask[:, None] & jmask[None, :]
     valid = nmask[:, :, None] & jmask[None, None, :]
-    rows64 = rows.to(tl.int64)
     nf = n.to(tl.float32)
 
     x = tl.load(X + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
