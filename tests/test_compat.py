@@ -48,6 +48,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
+from test_functional import alpha_ref  # noqa: E402  (the tests' one SPEC.md relaxation reference)
 
 try:
     import diffsort
@@ -143,24 +144,6 @@ def check_against(ours, oracle, x, out_tol, grad_tol):
     assert_close(f_grad, o_grad, grad_tol, "gradient")
 
 
-# relaxed comparators written from SPEC.md (the test's own float64 copy)
-def alpha_ref(d, distribution, steepness, art_lambda):
-    v = steepness * d
-    if distribution == "logistic":
-        return torch.sigmoid(v)
-    if distribution == "logistic_phi":
-        return torch.sigmoid(v / (d.abs() + 1e-10) ** art_lambda)
-    if distribution == "gaussian":
-        return 0.5 * (1 + torch.erf(v / math.sqrt(2)))
-    if distribution == "reciprocal":
-        return 0.5 * (v / (2 + v.abs()) + 1)
-    if distribution == "cauchy":
-        return torch.atan(v) / math.pi + 0.5
-    if distribution == "optimal":
-        return v.clamp(-0.25, 0.25) + 0.5 + torch.sign(v) * (v.abs() > 0.25) * (0.25 - 1 / (16 * (v.abs() + 1e-10)))
-    raise ValueError(distribution)
-
-
 def reference_topk(layers, x, k, distribution, steepness, art_lambda=0.25, sparse_form=False):
     """Float64 top-k columns ``[B, n, k]`` of a network given as difftopk's per-layer tuples.
 
@@ -177,7 +160,7 @@ def reference_topk(layers, x, k, distribution, steepness, art_lambda=0.25, spars
     alphas = []
     for sa, sb, cmin, cmax in t:
         a, b = x @ sa.T, x @ sb.T
-        alpha = alpha_ref(b - a, distribution, steepness, art_lambda)
+        alpha = alpha_ref(a, b, distribution, steepness, art_lambda)
         alphas.append(alpha)
         x = (alpha * a + (1 - alpha) * b) @ cmin.T + ((1 - alpha) * a + alpha * b) @ cmax.T
     X = torch.eye(n, dtype=torch.float64)[:, n - k:].expand(B, n, k)
