@@ -11,6 +11,13 @@ soft values after the network and the reverse sweep ``S0 = X init`` (see
 registered with autograd and fake (meta) implementations, so
 ``torch.compile(fullgraph=True)`` traces through them with no graph break and
 autograd never sees the individual layers.
+
+In eager mode the same implementations run behind a plain
+``autograd.Function`` (:class:`_NetworkFunction`): a custom op's Python
+dispatch costs more than the kernels at small sizes, and its autograd
+materialises zero gradients for every unused output (the saved ``W``, ``XIN``
+and sweep history: ~100 MB of zero-fill per step for B = 64 rows of
+n = 1024), which the Function skips (``set_materialize_grads(False)``).
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import _torch_network as _tn
 from .networks import get_network
@@ -39,11 +47,7 @@ def _table(kind: str, n: int, device, k: int):
     return get_network(kind, n, device, k if k > 0 else None)
 
 
-@torch.library.custom_op("fastsort::network_forward", mutates_args=())
-def _network_forward(
-    x: Tensor, init: Optional[Tensor], kind: str, k: int, distribution: str, steepness: float,
-    art_lambda: float, backend: str, need_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _forward_impl(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad):
     table = _table(kind, x.shape[-1], x.device, k)
     relax = Relaxation(distribution, steepness, art_lambda)
     if backend == "triton":
@@ -55,6 +59,25 @@ def _network_forward(
     # outputs of a custom op may not alias each other: a fresh empty tensor for each unused one
     return (y, S0, W if need_grad else x.new_empty(0), XIN if need_grad else x.new_empty(0),
             SHIST if need_grad and SHIST is not None else x.new_empty(0))
+
+
+def _backward_impl(gy, gS0, W, XIN, SHIST, kind, k, distribution, steepness, art_lambda, backend):
+    table = _table(kind, XIN.shape[-1], XIN.device, k)
+    relax = Relaxation(distribution, steepness, art_lambda)
+    if gS0 is not None and gS0.shape[1] == 0:
+        gS0 = None
+    saved = (W, XIN, SHIST)
+    if backend == "triton":
+        return _kernels().network_apply_backward(saved, table, relax, gy, gS0)
+    return _tn.network_apply_backward(saved, table, *relax, gy, gS0)
+
+
+@torch.library.custom_op("fastsort::network_forward", mutates_args=())
+def _network_forward(
+    x: Tensor, init: Optional[Tensor], kind: str, k: int, distribution: str, steepness: float,
+    art_lambda: float, backend: str, need_grad: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _forward_impl(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad)
 
 
 @_network_forward.register_fake
@@ -80,14 +103,7 @@ def _network_backward(
     gy: Optional[Tensor], gS0: Optional[Tensor], W: Tensor, XIN: Tensor, SHIST: Tensor, kind: str, k: int,
     distribution: str, steepness: float, art_lambda: float, backend: str,
 ) -> Tensor:
-    table = _table(kind, XIN.shape[-1], XIN.device, k)
-    relax = Relaxation(distribution, steepness, art_lambda)
-    if gS0 is not None and gS0.shape[1] == 0:
-        gS0 = None
-    saved = (W, XIN, SHIST)
-    if backend == "triton":
-        return _kernels().network_apply_backward(saved, table, relax, gy, gS0)
-    return _tn.network_apply_backward(saved, table, *relax, gy, gS0)
+    return _backward_impl(gy, gS0, W, XIN, SHIST, kind, k, distribution, steepness, art_lambda, backend)
 
 
 @_network_backward.register_fake
@@ -119,12 +135,41 @@ def _backward(ctx, gy, gS0, gW, gXIN, gSHIST):
 _network_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _NetworkFunction(torch.autograd.Function):
+    """Eager-mode twin of ``fastsort::network_forward`` (same implementations, less dispatch,
+    no zero gradients for the unused outputs)."""
+
+    @staticmethod
+    def forward(ctx, x, init, args):
+        y, S0, W, XIN, SHIST = _forward_impl(x, init, *args, True)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(W, XIN, SHIST)
+        ctx.args = args
+        ctx.has_init = init is not None
+        ctx.x_shape = x.shape
+        return y, S0
+
+    @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
+    def backward(ctx, gy, gS0):
+        W, XIN, SHIST = ctx.saved_tensors
+        if ctx.x_shape[0] == 0 or (gy is None and (gS0 is None or not ctx.has_init)):
+            return W.new_zeros(ctx.x_shape), None, None
+        gx = _backward_impl(gy, gS0 if ctx.has_init else None, W, XIN, SHIST, *ctx.args)
+        return gx, None, None
+
+
 def network_apply(x: Tensor, init: Optional[Tensor], kind: str, k: Optional[int], relax: Relaxation,
                   backend: str) -> Tuple[Tensor, Tensor]:
     """``(y [R, n], S0 [R, C, n])`` for ``x [R, n]`` (float32/float64) and ``init [C, n]``.
 
     ``backend`` comes from :func:`fastsort.functional.kernel_backend` (float64 -> torch)."""
     need_grad = torch.is_grad_enabled() and x.requires_grad
-    y, S0, _, _, _ = _network_forward(x, init, kind, int(k or 0), relax.distribution, float(relax.steepness),
-                                      float(relax.art_lambda), backend, need_grad)
+    args = (kind, int(k or 0), relax.distribution, float(relax.steepness), float(relax.art_lambda), backend)
+    if torch.compiler.is_compiling():
+        y, S0, _, _, _ = _network_forward(x, init, *args, need_grad)
+    elif need_grad:
+        y, S0 = _NetworkFunction.apply(x, init, args)
+    else:
+        y, S0, _, _, _ = _forward_impl(x, init, *args, False)
     return y, S0

@@ -17,6 +17,7 @@ from typing import List, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .functional import sweep_init
 from .networks import get_network
@@ -82,6 +83,7 @@ class _FusedTopKCE(torch.autograd.Function):
         return out[:, 0]
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
     def backward(ctx, g_loss):
         out, idx = ctx.saved_tensors
         return _kernels().scatter_backward(out[:, 1:], idx, g_loss, ctx.n_classes, ctx.dtype), None, None

@@ -1,18 +1,38 @@
-"""Launch heuristics for every fastsort kernel, in one place.
+"""Launch heuristics and argument passing for every fastsort kernel, in one place.
 
 A program owns a tile of ``rows x lanes`` elements held in registers.  On a GPU
-we aim at ~4K elements per program (enough work per warp, no spills); under
-Triton's interpreter every program instance costs ~10 ms of Python, so a
-program takes as many rows as fit in ~64K elements.
+we aim at ~4K elements per program (enough work per warp, no spills) but keep
+at least ``MIN_PROGRAMS`` programs when there are rows enough: the network
+kernels walk their layers one after the other, so a few long programs would
+leave most SMs idle (B = 64 rows of n = 1024 run as 64 programs, not 16).
+Under Triton's interpreter every program instance costs ~10 ms of Python, so
+a program takes as many rows as fit in ~64K elements.
+
+Tensor arguments travel as integer addresses
+--------------------------------------------
+Triton's launcher validates every tensor argument with a CUDA driver call
+(``cuPointerGetAttribute``).  On virtualised GPU machines, like the ones this
+project benchmarks on, a driver call costs tens of microseconds: more than a
+fused loss kernel runs at B = 4096.  So the launchers pass each tensor as its
+address (:func:`address`, after :func:`aligned` made sure it is contiguous and
+16-byte aligned) and the kernels turn it back into a typed pointer with
+:func:`as_pointer`, which also tells the compiler about the alignment (vector
+loads).  The launcher, not Triton, is then responsible for the device and the
+lifetime of the tensors: every launcher keeps them in local variables until the
+launch returns, and fastsort's dispatch only sends tensors of one device.
 """
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
+import triton.language as tl
 
 #: largest power-of-two row width the network kernels hold in registers
 MAX_LANES = 8192
+#: on a GPU, fewer rows per program rather than fewer than this many programs
+MIN_PROGRAMS = 256
 
 
 def interpreting() -> bool:
@@ -28,12 +48,34 @@ def rows_per_program(n_rows: int, lanes: int, target: int | None = None) -> int:
     if target is None:
         target = 65536 if interpreting() else 4096
     rows = max(1, min(target // max(lanes, 1), next_pow2(n_rows)))
+    if not interpreting():
+        rows = max(1, min(rows, n_rows // MIN_PROGRAMS))
     return 1 << (rows.bit_length() - 1)  # round down to a power of two
 
 
-def num_warps(tile_elems: int) -> int:
-    """Warps for a tile: 1 warp per 512 elements, between 1 and 16."""
+def num_warps(tile_elems: int, per_thread: int = 16) -> int:
+    """Warps for a tile: ``per_thread`` elements per thread (1 warp per 512 by default), 1 to 16 warps."""
     if interpreting():
         return 1
-    w = max(1, min(16, tile_elems // 512))
+    w = max(1, min(16, tile_elems // (32 * per_thread)))
     return 1 << (w.bit_length() - 1)
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and 16-byte aligned (a copy only when it is not)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def address(t: torch.Tensor) -> int:
+    """The address of a contiguous, 16-byte aligned tensor, for an integer kernel argument."""
+    a = t.data_ptr()
+    if a % 16:
+        raise ValueError("fastsort internal error: kernel tensors must be 16-byte aligned (use aligned())")
+    return a
+
+
+@triton.jit
+def as_pointer(addr, DTYPE: tl.constexpr):
+    """The ``DTYPE`` pointer at ``addr`` (an :func:`address`): 16-byte aligned."""
+    return tl.multiple_of(addr.to(tl.pointer_type(DTYPE)), 16)

@@ -16,6 +16,14 @@ padded to a power of two ``NP`` lanes and kept in registers; a layer reads its
 row of the partner table and exchanges values with ``tl.gather``.  Pad lanes
 are their own partners, so they pass through every layer untouched.
 
+Tiles are *flat* 1-D tensors (element ``f`` is lane ``f % NP`` of the tile's
+row ``f // NP``) and the partner index is ``f - lane + partner``.  This is a
+performance choice, not a style one: Triton lowers a 1-D ``tl.gather`` through
+shared memory (one store, a barrier, one load per element), while a gather
+along an axis of a 2-D tensor gets a warp-local layout whose shuffle count
+grows with the square of the axis length (1024 shuffles per thread per gather
+at ``n = 1024``, checked in the SASS for sm_90 with triton 3.6 and 3.7).
+
 The forward writes the per-layer mixing weights ``W [R, D, n]`` and layer
 inputs ``XIN [R, D, n]`` once (only when a gradient is needed); the backward
 reads them instead of recomputing the network.
@@ -32,14 +40,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MAX_LANES, next_pow2, num_warps, rows_per_program
+from .launch import MAX_LANES, address, aligned, as_pointer, next_pow2, num_warps, rows_per_program
 from .relaxations import relax
 
 
 # --------------------------------------------------------------------------- device functions
 @triton.jit
 def layer_lanes(LANES, l, n, cols, cmask):
-    """Partner lane, descending flag, and lane masks of layer ``l`` (``[1, NP]``).
+    """Partner lane, descending flag, and lane masks of layer ``l`` for lanes ``cols`` (any shape).
 
     ``LANES [D, n]`` holds ``partner | desc << 16`` per wire.
     """
@@ -50,21 +58,16 @@ def layer_lanes(LANES, l, n, cols, cmask):
 
 
 @triton.jit
-def partner_lanes(LANES, l, n, cols, cmask, LINES: tl.constexpr, NP: tl.constexpr):
-    """Layer ``l``'s partner lane for every element of a ``[LINES, NP]`` tile."""
-    code = tl.load(LANES + l * n + cols, mask=cmask, other=0)
-    return tl.broadcast_to(tl.where(cmask, code & 0xFFFF, cols), (LINES, NP))
-
-
-@triton.jit
-def comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST: tl.constexpr):
+def comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST: tl.constexpr,
+                       AXIS: tl.constexpr):
     """Add the comparators' share to the input gradient ``g``.
 
     ``gw`` is ``dL/dw`` per wire; both wires of a comparator share ``alpha``,
     so ``dL/dalpha = +-(gw_i + gw_p)``, and ``d = x[hi] - x[lo]`` sends
     ``g'(d) dL/dalpha`` to the high wire and its negative to the low wire.
+    ``idx`` indexes the partner along ``AXIS``.
     """
-    dalpha = gw + tl.gather(gw, idx, axis=1)
+    dalpha = gw + tl.gather(gw, idx, axis=AXIS)
     dalpha = tl.where(desc, -dalpha, dalpha)
     d = tl.where(is_lo, xp - x, x - xp)
     _, slope = relax(d, steepness, art_lambda, DIST)
@@ -73,15 +76,31 @@ def comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lamb
 
 
 @triton.jit
+def row_tile(pid, R, n, ROWS: tl.constexpr, NP: tl.constexpr):
+    """A flat tile of ``ROWS`` rows: per element its row (int64), lane, the flat index of its
+    row's lane 0, the lane mask and the element mask."""
+    f = tl.arange(0, ROWS * NP)
+    lane = f % NP
+    rows = (pid * ROWS + f // NP).to(tl.int64)
+    lmask = lane < n
+    return rows, lane, f - lane, lmask, (rows < R) & lmask
+
+
+@triton.jit
 def sweep_tile(pid, cid, R, n, C, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
-    """Indices of a sweep tile: ``CB`` columns ("lines") of ``ROWS`` rows, ``NP`` lanes each."""
-    line = tl.arange(0, ROWS * CB)[:, None]
+    """A flat sweep tile: ``CB`` columns ("lines") of ``ROWS`` rows, ``NP`` lanes each.
+
+    Per element: row (int64), column ``c`` of ``S``, lane, flat index of its
+    line's lane 0, lane mask, row mask and element mask.
+    """
+    f = tl.arange(0, ROWS * CB * NP)
+    lane = f % NP
+    line = f // NP
     rows = (pid * ROWS + line // CB).to(tl.int64)
     c = cid * CB + line % CB
-    cols = tl.arange(0, NP)[None, :]
-    cmask = cols < n
-    rmask = (rows < R) & cmask
-    return rows, c, cols, cmask, rmask, rmask & (c < C)
+    lmask = lane < n
+    rmask = (rows < R) & lmask
+    return rows, c, lane, f - lane, lmask, rmask, rmask & (c < C)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -94,26 +113,26 @@ def network_forward_kernel(
     DIST: tl.constexpr, SAVE_W: tl.constexpr, SAVE_X: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
 ):
     """Soft values after the network; optionally the per-layer ``w`` (for a sweep or
-    the backward) and the per-layer inputs (for the backward)."""
-    pid = tl.program_id(0)
-    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-    cols = tl.arange(0, NP)[None, :]
-    cmask = cols < n
-    mask = (rows < R) & cmask
-    x = tl.load(X + rows * n + cols, mask=mask, other=0.0).to(tl.float32)
+    the backward) and the per-layer inputs (for the backward).  Tensors arrive as
+    addresses (see :mod:`fastsort.kernels.launch`)."""
+    X, Y, W, XIN = as_pointer(X, tl.float32), as_pointer(Y, tl.float32), as_pointer(W, tl.float32), \
+        as_pointer(XIN, tl.float32)
+    LANES = as_pointer(LANES, tl.int32)
+    rows, lane, base, lmask, mask = row_tile(tl.program_id(0), R, n, ROWS, NP)
+    x = tl.load(X + rows * n + lane, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        p, desc, is_lo, keep = layer_lanes(LANES, l, n, cols, cmask)
-        xp = tl.gather(x, tl.broadcast_to(p, (ROWS, NP)), axis=1)
+        p, desc, is_lo, keep = layer_lanes(LANES, l, n, lane, lmask)
+        xp = tl.gather(x, base + p, axis=0)
         d = tl.where(is_lo, xp - x, x - xp)  # x[hi] - x[lo], the same on both wires
         alpha, _ = relax(d, steepness, art_lambda, DIST)
         w = tl.where(keep, 1.0, tl.where(desc, 1.0 - alpha, alpha))
-        off = rows * D * n + l * n + cols
+        off = rows * D * n + l * n + lane
         if SAVE_X:
             tl.store(XIN + off, x, mask=mask)
         if SAVE_W:
             tl.store(W + off, w, mask=mask)
         x = tl.where(keep, x, w * x + (1.0 - w) * xp)
-    tl.store(Y + rows * n + cols, x.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows * n + lane, x, mask=mask)
 
 
 @triton.jit
@@ -123,16 +142,19 @@ def network_sweep_kernel(
     SAVE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
     """Reverse sweep ``S^0 = X S^D`` for ``CB`` columns of ``INIT [C, n]`` per row."""
-    rows, c, cols, cmask, rmask, mask = sweep_tile(tl.program_id(0), tl.program_id(1), R, n, C, ROWS, CB, NP)
-    S = tl.load(INIT + c * n + cols, mask=mask, other=0.0).to(tl.float32)
+    W, INIT, S0, SHIST = as_pointer(W, tl.float32), as_pointer(INIT, tl.float32), as_pointer(S0, tl.float32), \
+        as_pointer(SHIST, tl.float32)
+    LANES = as_pointer(LANES, tl.int32)
+    rows, c, lane, base, lmask, rmask, mask = sweep_tile(tl.program_id(0), tl.program_id(1), R, n, C, ROWS, CB, NP)
+    S = tl.load(INIT + c * n + lane, mask=mask, other=0.0).to(tl.float32)
     for i in range(D):
         l = D - 1 - i
-        idx = partner_lanes(LANES, l, n, cols, cmask, ROWS * CB, NP)
-        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0).to(tl.float32)
+        p, _, _, _ = layer_lanes(LANES, l, n, lane, lmask)
+        w = tl.load(W + rows * D * n + l * n + lane, mask=rmask, other=1.0).to(tl.float32)
         if SAVE:
-            tl.store(SHIST + ((rows * D + l) * C + c) * n + cols, S, mask=mask)
-        S = w * S + (1.0 - w) * tl.gather(S, idx, axis=1)
-    tl.store(S0 + (rows * C + c) * n + cols, S.to(S0.dtype.element_ty), mask=mask)
+            tl.store(SHIST + ((rows * D + l) * C + c) * n + lane, S, mask=mask)
+        S = w * S + (1.0 - w) * tl.gather(S, base + p, axis=0)
+    tl.store(S0 + (rows * C + c) * n + lane, S, mask=mask)
 
 
 @triton.jit
@@ -142,22 +164,28 @@ def network_sweep_backward_kernel(
     ATOMIC: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
     """Adjoint of the sweep: ``GW [R, D, n]`` (summed over the ``C`` columns)."""
+    GS0, W, SHIST, GW = as_pointer(GS0, tl.float32), as_pointer(W, tl.float32), as_pointer(SHIST, tl.float32), \
+        as_pointer(GW, tl.float32)
+    LANES = as_pointer(LANES, tl.int32)
     pid = tl.program_id(0)
-    rows, c, cols, cmask, rmask, mask = sweep_tile(pid, tl.program_id(1), R, n, C, ROWS, CB, NP)
+    rows, c, lane, base, lmask, rmask, mask = sweep_tile(pid, tl.program_id(1), R, n, C, ROWS, CB, NP)
+    # the reduced [ROWS, NP] tile of GW
     rows2 = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-    mask2 = (rows2 < R) & cmask
-    g = tl.load(GS0 + (rows * C + c) * n + cols, mask=mask, other=0.0).to(tl.float32)
+    lane2 = tl.arange(0, NP)[None, :]
+    mask2 = (rows2 < R) & (lane2 < n)
+    g = tl.load(GS0 + (rows * C + c) * n + lane, mask=mask, other=0.0).to(tl.float32)
     for l in range(D):
-        idx = partner_lanes(LANES, l, n, cols, cmask, ROWS * CB, NP)
-        S = tl.load(SHIST + ((rows * D + l) * C + c) * n + cols, mask=mask, other=0.0)
-        contrib = g * (S - tl.gather(S, idx, axis=1))
+        p, _, _, _ = layer_lanes(LANES, l, n, lane, lmask)
+        idx = base + p
+        S = tl.load(SHIST + ((rows * D + l) * C + c) * n + lane, mask=mask, other=0.0)
+        contrib = g * (S - tl.gather(S, idx, axis=0))
         gw = tl.sum(tl.reshape(contrib, (ROWS, CB, NP)), axis=1)
         if ATOMIC:
-            tl.atomic_add(GW + rows2 * D * n + l * n + cols, gw, mask=mask2)
+            tl.atomic_add(GW + rows2 * D * n + l * n + lane2, gw, mask=mask2)
         else:
-            tl.store(GW + rows2 * D * n + l * n + cols, gw, mask=mask2)
-        w = tl.load(W + rows * D * n + l * n + cols, mask=rmask, other=1.0).to(tl.float32)
-        g = w * g + (1.0 - w) * tl.gather(g, idx, axis=1)
+            tl.store(GW + rows2 * D * n + l * n + lane2, gw, mask=mask2)
+        w = tl.load(W + rows * D * n + l * n + lane, mask=rmask, other=1.0).to(tl.float32)
+        g = w * g + (1.0 - w) * tl.gather(g, idx, axis=0)
 
 
 @triton.jit
@@ -167,32 +195,36 @@ def network_backward_kernel(
     DIST: tl.constexpr, HAS_GY: tl.constexpr, HAS_GW: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
 ):
     """Gradient w.r.t. the network input from ``dL/dy`` and ``dL/dW``."""
-    pid = tl.program_id(0)
-    rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
-    cols = tl.arange(0, NP)[None, :]
-    cmask = cols < n
-    mask = (rows < R) & cmask
+    GY, GW, W, XIN = as_pointer(GY, tl.float32), as_pointer(GW, tl.float32), as_pointer(W, tl.float32), \
+        as_pointer(XIN, tl.float32)
+    GX, LANES = as_pointer(GX, tl.float32), as_pointer(LANES, tl.int32)
+    rows, lane, base, lmask, mask = row_tile(tl.program_id(0), R, n, ROWS, NP)
     if HAS_GY:
-        g = tl.load(GY + rows * n + cols, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(GY + rows * n + lane, mask=mask, other=0.0).to(tl.float32)
     else:
-        g = tl.zeros((ROWS, NP), dtype=tl.float32)
+        g = tl.zeros((ROWS * NP,), dtype=tl.float32)
     for i in range(D):
         l = D - 1 - i
-        p, desc, is_lo, keep = layer_lanes(LANES, l, n, cols, cmask)
-        idx = tl.broadcast_to(p, (ROWS, NP))
-        off = rows * D * n + l * n + cols
+        p, desc, is_lo, keep = layer_lanes(LANES, l, n, lane, lmask)
+        idx = base + p
+        off = rows * D * n + l * n + lane
         x = tl.load(XIN + off, mask=mask, other=0.0)
         w = tl.load(W + off, mask=mask, other=1.0)
-        xp = tl.gather(x, idx, axis=1)
+        xp = tl.gather(x, idx, axis=0)
         gw = g * (x - xp)
         if HAS_GW:
             gw += tl.load(GW + off, mask=mask, other=0.0)
-        g = w * g + (1.0 - w) * tl.gather(g, idx, axis=1)
-        g = comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST)
-    tl.store(GX + rows * n + cols, g.to(GX.dtype.element_ty), mask=mask)
+        g = w * g + (1.0 - w) * tl.gather(g, idx, axis=0)
+        g = comparator_adjoint(g, gw, x, xp, idx, desc, is_lo, keep, steepness, art_lambda, DIST, 0)
+    tl.store(GX + rows * n + lane, g, mask=mask)
 
 
 # --------------------------------------------------------------------------- launchers
+#: elements per thread: the layers run one after the other, so a row gets more warps than a
+#: throughput kernel would give it (a shorter chain of dependent work per layer)
+_PER_THREAD = 8
+
+
 def _dist_code(distribution: str) -> int:
     from ..relaxations import DISTRIBUTION_CODES
 
@@ -205,11 +237,14 @@ def check_size(n: int) -> None:
 
 
 def _sweep_blocks(R: int, C: int, NP: int):
-    """(ROWS, CB, column programs) for a sweep over ``C`` columns of ``NP`` lanes."""
+    """(ROWS, CB, column programs) for a sweep over ``C`` columns of ``NP`` lanes: a program
+    takes whole rows (all columns, no atomics in the backward) when its share of the
+    ``R x C`` lines allows, else ``CB`` columns of one row."""
     CP = next_pow2(C)
-    CB = max(1, min(CP, rows_per_program(CP, NP)))
-    ROWS = rows_per_program(R, CB * NP) if CB == CP else 1
-    return ROWS, CB, triton.cdiv(C, CB)
+    lines = rows_per_program(R * CP, NP)
+    if lines >= CP:
+        return lines // CP, CP, 1
+    return 1, lines, triton.cdiv(C, lines)
 
 
 def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_params, need_grad: bool):
@@ -222,7 +257,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     check_size(n)
     D = table.depth
     NP = next_pow2(n)
-    x = x.contiguous()
+    x = aligned(x.to(torch.float32))
     y = torch.empty_like(x)
     if R == 0:  # nothing to launch
         C = 0 if init is None else init.shape[0]
@@ -232,23 +267,23 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
     ROWS = rows_per_program(R, NP)
     network_forward_kernel[(triton.cdiv(R, ROWS),)](
-        x, y, W, XIN, table.lanes,
+        address(x), address(y), address(W), address(XIN), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
-        num_warps=num_warps(ROWS * NP),
+        num_warps=num_warps(ROWS * NP, _PER_THREAD),
     )
     S0 = SHIST = None
     if init is not None:
         C = init.shape[0]
-        init = init.to(torch.float32).contiguous()
+        init = aligned(init.to(torch.float32))
         S0 = x.new_empty((R, C, n))
         SHIST = x.new_empty((R, D, C, n)) if need_grad else x.new_empty(0)
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         network_sweep_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
-            W, init, S0, SHIST, table.lanes,
+            address(W), address(init), address(S0), address(SHIST), address(table.lanes),
             R, n, D, C,
             SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
-            num_warps=num_warps(ROWS_S * CB * NP),
+            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
         )
     return y, S0, (W, XIN, SHIST)
 
@@ -262,24 +297,25 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
     GW = None
     if gS0 is not None:
         C = gS0.shape[1]
-        gS0 = gS0.to(torch.float32).contiguous()
+        gS0 = aligned(gS0.to(torch.float32))
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         GW = (torch.zeros if n_cprog > 1 else torch.empty)((R, D, n), device=W.device, dtype=torch.float32)
         network_sweep_backward_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
-            gS0, W, SHIST, GW, table.lanes,
+            address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
             R, n, D, C,
             ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
-            num_warps=num_warps(ROWS_S * CB * NP),
+            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
         )
     gx = torch.empty((R, n), device=W.device, dtype=torch.float32)
     if gy is not None:
-        gy = gy.to(torch.float32).contiguous()
+        gy = aligned(gy.to(torch.float32))
     ROWS = rows_per_program(R, NP)
     network_backward_kernel[(triton.cdiv(R, ROWS),)](
-        gy if gy is not None else gx, GW if GW is not None else W, W, XIN, gx, table.lanes,
+        address(gy if gy is not None else gx), address(GW if GW is not None else W), address(W), address(XIN),
+        address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
-        num_warps=num_warps(ROWS * NP),
+        num_warps=num_warps(ROWS * NP, _PER_THREAD),
     )
     return gx
 
@@ -291,11 +327,11 @@ def aot_variants():
     Returns ``(test_id, jit_fn, signature, constexprs)`` tuples.
     """
     out = []
-    fwd_sig = {"X": "*fp32", "Y": "*fp32", "W": "*fp32", "XIN": "*fp32", "LANES": "*i32",
+    fwd_sig = {"X": "i64", "Y": "i64", "W": "i64", "XIN": "i64", "LANES": "i64",
                "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "SAVE_W": "constexpr", "SAVE_X": "constexpr", "ROWS": "constexpr",
                "NP": "constexpr"}
-    bwd_sig = {"GY": "*fp32", "GW": "*fp32", "W": "*fp32", "XIN": "*fp32", "GX": "*fp32", "LANES": "*i32",
+    bwd_sig = {"GY": "i64", "GW": "i64", "W": "i64", "XIN": "i64", "GX": "i64", "LANES": "i64",
                "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "HAS_GY": "constexpr", "HAS_GW": "constexpr", "ROWS": "constexpr",
                "NP": "constexpr"}
@@ -309,10 +345,10 @@ def aot_variants():
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
             out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
                         bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=8, NP=128)))
-    sw_sig = {"W": "*fp32", "INIT": "*fp32", "S0": "*fp32", "SHIST": "*fp32", "LANES": "*i32",
+    sw_sig = {"W": "i64", "INIT": "i64", "S0": "i64", "SHIST": "i64", "LANES": "i64",
               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
               "SAVE": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
-    swb_sig = {"GS0": "*fp32", "W": "*fp32", "SHIST": "*fp32", "GW": "*fp32", "LANES": "*i32",
+    swb_sig = {"GS0": "i64", "W": "i64", "SHIST": "i64", "GW": "i64", "LANES": "i64",
                "R": "i32", "n": "i32", "D": "i32", "C": "i32",
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):

@@ -174,7 +174,7 @@ def topk_ce_fused_kernel(
             gw = g * (xl - xp) + g_net * u * (al - tl.gather(al, pi, axis=1))
             g = w * g + (1.0 - w) * tl.gather(g, pi, axis=1)
             u = w * u + (1.0 - w) * tl.gather(u, pi, axis=1)
-            g = comparator_adjoint(g, gw, xl, xp, pi, desc, is_lo, keep, steepness, art_lambda, DIST)
+            g = comparator_adjoint(g, gw, xl, xp, pi, desc, is_lo, keep, steepness, art_lambda, DIST, 1)
         # -inf logits were clamped: no gradient flows to them
         g = tl.where(x < NEG_BIG, 0.0, g) + g_x
         g = tl.where(bad_label, float("nan"), g)
