@@ -7,9 +7,13 @@ writes the dense ``dlogits`` once, scaled by ``grad_output``.  See
 :mod:`fastsort.kernels.topk_loss` for the kernel.
 
 In eager mode the same launchers run behind a plain ``autograd.Function``
-(:class:`_FusedTopKCE`): a custom op's Python dispatch costs more than the
-kernel itself at training batch sizes.  While ``torch.compile`` traces, the
-custom op is used, so the graph has no break.
+(:class:`_FusedTopKCE`) that also owns the reduction: a custom op's Python
+dispatch costs more than the kernel itself at training batch sizes, and every
+extra launch (the mean's backward, a dtype cast) costs a driver call.  A
+training step is then four launches: the fused kernel and the mean in the
+forward, autograd's ``ones_like`` and the scatter kernel in the backward
+(``torch.nn.CrossEntropyLoss`` takes five).  While ``torch.compile`` traces,
+the custom op is used, so the graph has no break.
 """
 from __future__ import annotations
 
@@ -54,14 +58,15 @@ def _(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_f
             logits.new_empty((B, m if need_grad else 0), dtype=torch.int64))
 
 
-@torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())  # zero-fill + scatter
-def _topk_ce_fused_backward(gsel: Tensor, idx: Tensor, grad_loss: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
-    return _kernels().scatter_backward(gsel, idx, grad_loss, n_classes, dtype)
+@torch.library.custom_op("fastsort::topk_ce_fused_backward", mutates_args=())
+def _topk_ce_fused_backward(out: Tensor, idx: Tensor, grad_loss: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
+    """Dense ``dlogits``: ``grad_loss * out[:, 1:]`` at the columns ``idx``, 0 elsewhere."""
+    return _kernels().scatter_backward(out, idx, grad_loss, n_classes, dtype, 1.0, col0=1)
 
 
 @_topk_ce_fused_backward.register_fake
-def _(gsel, idx, grad_loss, n_classes, dtype):
-    return gsel.new_empty((gsel.shape[0], n_classes), dtype=dtype)
+def _(out, idx, grad_loss, n_classes, dtype):
+    return out.new_empty((out.shape[0], n_classes), dtype=dtype)
 
 
 def _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest, need_grad):
@@ -73,20 +78,29 @@ def _forward_impl(logits, labels, c, kind, m, distribution, steepness, art_lambd
 
 
 class _FusedTopKCE(torch.autograd.Function):
-    """Eager-mode twin of ``fastsort::topk_ce_fused`` (same launchers, less dispatch)."""
+    """Eager-mode twin of ``fastsort::topk_ce_fused`` (same launchers, less dispatch), with the
+    reduction and the cast to the logits' dtype inside, so their backward needs no launch."""
 
     @staticmethod
-    def forward(ctx, logits, labels, args):
+    def forward(ctx, logits, labels, args, reduction):
         out, idx = _forward_impl(logits, labels, *args, True)
         ctx.save_for_backward(out, idx)
-        ctx.n_classes, ctx.dtype = logits.shape[1], logits.dtype
-        return out[:, 0]
+        B, C = logits.shape
+        ctx.n_classes, ctx.dtype = C, logits.dtype
+        ctx.scale = 1.0 / B if reduction == "mean" and B else 1.0
+        loss = out[:, 0]
+        if reduction == "mean":
+            loss = loss.mean()
+        elif reduction == "sum":
+            loss = loss.sum()
+        return loss.to(logits.dtype)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
     def backward(ctx, g_loss):
         out, idx = ctx.saved_tensors
-        return _kernels().scatter_backward(out[:, 1:], idx, g_loss, ctx.n_classes, ctx.dtype), None, None
+        dx = _kernels().scatter_backward(out, idx, g_loss, ctx.n_classes, ctx.dtype, ctx.scale, col0=1)
+        return dx, None, None, None
 
 
 def _setup_context(ctx, inputs, output):
@@ -97,21 +111,31 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, g_out, g_idx):
     out, idx = ctx.saved_tensors
-    dx = _topk_ce_fused_backward(out[:, 1:], idx, g_out[:, 0], ctx.n_classes, ctx.dtype)
+    dx = _topk_ce_fused_backward(out, idx, g_out[:, 0], ctx.n_classes, ctx.dtype)
     return (dx,) + (None,) * 11
 
 
 _topk_ce_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
 def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, params: dict,
-                             mode: str, p_first: float, p_rest: float) -> Tensor:
-    """Per-row fused loss ``[B]`` (float32) with top-m preselection."""
+                             mode: str, p_first: float, p_rest: float, reduction: str) -> Tensor:
+    """The fused loss with top-m preselection, reduced (``mean``/``sum``/``none``), in the logits' dtype."""
     need_grad = torch.is_grad_enabled() and logits.requires_grad
     args = ([float(v) for v in c], kind, m, params["distribution"], float(params["steepness"]),
             float(params["art_lambda"]), mode, float(p_first), float(p_rest))
+    if need_grad and not torch.compiler.is_compiling():
+        return _FusedTopKCE.apply(logits, labels, args, reduction)
     if torch.compiler.is_compiling():
-        return _topk_ce_fused(logits, labels, *args, need_grad)[0][:, 0]
-    if need_grad:
-        return _FusedTopKCE.apply(logits, labels, args)
-    return _forward_impl(logits, labels, *args, False)[0][:, 0]
+        loss = _topk_ce_fused(logits, labels, *args, need_grad)[0][:, 0]
+    else:
+        loss = _forward_impl(logits, labels, *args, False)[0][:, 0]
+    return _reduce(loss, reduction).to(logits.dtype)

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
+from ._fused_loss import MAX_FUSED_M, _reduce, fused_topk_cross_entropy
 from .functional import NETWORK_METHODS, _network, _rows_desc, check_method, kernel_backend, parse_params, sweep_init
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
@@ -172,8 +172,7 @@ def topk_cross_entropy(
     c = rank_weights(p, top1_mode)
     if be == "triton" and method in NETWORK_METHODS and m is not None and m <= MAX_FUSED_M:
         # the fused kernel reads the logits in their own dtype (no cast pass)
-        loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]))
-        return _reduce(loss, reduction).to(logits.dtype)
+        return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), reduction)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
@@ -187,14 +186,6 @@ def topk_cross_entropy(
         ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
         loss = p[0] * ce + sum(p[1:]) * loss
     return _reduce(loss, reduction).to(logits.dtype)
-
-
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
 
 
 class TopKCrossEntropyLoss(torch.nn.Module):

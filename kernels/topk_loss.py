@@ -26,8 +26,13 @@ the forward and the reverse loop (``3 D m`` floats, L2 resident).
 
 Only ``m`` gradient entries per row are non-zero, so the forward stores them
 (``[B, m]`` values and columns) and the backward writes the dense
-``dlogits`` once (a zero-fill and a scatter), already scaled by
-``grad_output``: the logits are read once and their gradient is written once.
+``dlogits`` once (:func:`topk_ce_scatter_kernel`: zeros, then the ``m`` values,
+already scaled by ``grad_output`` and the reduction's ``1/B``): the logits are
+read once and their gradient is written once, in two launches per step.
+
+Tensors travel as addresses (:mod:`fastsort.kernels.launch`): at B = 4096 a
+launch with six tensor arguments cost more host time than the kernel's GPU
+time on the benchmark machines.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import interpreting, next_pow2, num_warps
+from .launch import address, aligned, as_pointer, interpreting, next_pow2, num_warps
 from .network import comparator_adjoint, layer_lanes
 from .relaxations import relax
 
@@ -64,17 +69,20 @@ def _unkey(key):
 def topk_ce_fused_kernel(
     X, LABELS, TAB, OUT, IDX, SCR,
     B, C, m, D, stride_x, steepness, art_lambda, p_first, p_rest,
-    DIST: tl.constexpr, MODE: tl.constexpr, NEED_GRAD: tl.constexpr,
+    X_DTYPE: tl.constexpr, DIST: tl.constexpr, MODE: tl.constexpr, NEED_GRAD: tl.constexpr,
     ROWS: tl.constexpr, MP: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Arguments (few pointers: every one costs a driver call per launch):
+    """Arguments (addresses, see :mod:`fastsort.kernels.launch`):
 
+    * ``X`` ``[B, C]`` logits in ``X_DTYPE`` (row stride ``stride_x``); ``LABELS`` int64 ``[B]``;
     * ``TAB`` int32 ``[D m + m]``: the layer lanes (``partner | desc << 16``)
       then the position weights ``v`` as float32 bits;
     * ``OUT`` float32 ``[B, 1 + m]`` (``[B, 1]`` without gradient): the loss,
       then ``dloss/dwire``; ``IDX`` int64 ``[B, m]``: the wires' columns;
     * ``SCR`` float32 ``[3, B, D, MP]``: per-layer ``x``, ``w``, ``a`` scratch.
     """
+    X, LABELS, TAB = as_pointer(X, X_DTYPE), as_pointer(LABELS, tl.int64), as_pointer(TAB, tl.int32)
+    OUT, IDX, SCR = as_pointer(OUT, tl.float32), as_pointer(IDX, tl.int64), as_pointer(SCR, tl.float32)
     pid = tl.program_id(0)
     rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]  # [ROWS, 1]
     rmask = rows < B
@@ -182,7 +190,43 @@ def topk_ce_fused_kernel(
         tl.store(IDX + rows * m + lanes, idx.to(tl.int64), mask=mask)
 
 
+@triton.jit
+def topk_ce_scatter_kernel(
+    OUT, IDX, G, DX,
+    B, C, m, stride_out, col0, scale,
+    G_DTYPE: tl.constexpr, DX_DTYPE: tl.constexpr, G_PER_ROW: tl.constexpr,
+    ROWS: tl.constexpr, MP: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Dense ``dlogits [B, C]`` (``DX_DTYPE``): ``scale * g * OUT[:, col0:col0 + m]`` at the columns
+    ``IDX [B, m]``, zero elsewhere.  ``g`` is ``G [B]`` (``G_PER_ROW``) or the scalar ``G [1]``.
+
+    Every element is written once with zero, then (after a barrier: the zeros of
+    another thread may cover the same addresses) the ``m`` values of each row.
+    """
+    OUT, IDX = as_pointer(OUT, tl.float32), as_pointer(IDX, tl.int64)
+    G, DX = as_pointer(G, G_DTYPE), as_pointer(DX, DX_DTYPE)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    rmask = rows < B
+    cols = tl.arange(0, BLOCK_C)[None, :]
+    zero = tl.zeros((ROWS, BLOCK_C), DX_DTYPE)
+    for start in range(0, C, BLOCK_C):
+        tl.store(DX + rows * C + start + cols, zero, mask=rmask & (start + cols < C))
+    tl.debug_barrier()
+    lanes = tl.arange(0, MP)[None, :]
+    mask = rmask & (lanes < m)
+    if G_PER_ROW:
+        g = tl.load(G + rows, mask=rmask, other=0.0).to(tl.float32)
+    else:
+        g = tl.load(G).to(tl.float32)
+    gsel = tl.load(OUT + rows * stride_out + col0 + lanes, mask=mask, other=0.0)
+    idx = tl.load(IDX + rows * m + lanes, mask=mask, other=0)
+    tl.store(DX + rows * C + idx, (gsel * (g * scale)).to(DX_DTYPE), mask=mask)
+
+
 # --------------------------------------------------------------------------- launchers
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
 def _config(B: int, C: int, MP: int):
     BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
     if interpreting():
@@ -216,10 +260,10 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     distribution, steepness, art_lambda = relax_params
     from ..relaxations import DISTRIBUTION_CODES
 
-    if logits.stride(1) != 1:
-        logits = logits.contiguous()
+    if logits.stride(1) != 1 or logits.data_ptr() % 16:
+        logits = aligned(logits)  # rows may keep a stride; the start must be 16-byte aligned
     B, C = logits.shape
-    labels = labels.to(torch.int64).contiguous()
+    labels = aligned(labels.to(torch.int64))
     D = table.depth
     MP = next_pow2(m)
     dev = logits.device
@@ -231,32 +275,49 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
         idx = scratch = out  # not written
     ROWS, BLOCK_C = _config(B, C, MP)
     topk_ce_fused_kernel[(triton.cdiv(B, ROWS),)](
-        logits, labels, _loss_table(table, v), out, idx, scratch,
+        address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
+        address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
-        DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode], NEED_GRAD=need_grad,
+        X_DTYPE=_TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode], NEED_GRAD=need_grad,
         ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=num_warps(ROWS * BLOCK_C),
     )
     return out, (idx if need_grad else torch.empty((B, 0), device=dev, dtype=torch.int64))
 
 
-def scatter_backward(gsel, idx, grad_out, C: int, dtype):
-    """Dense ``dlogits [B, C]`` in ``dtype``: ``gsel * grad_out`` at the selected columns, 0 elsewhere.
-
-    One zero-fill and one scatter (plain torch ops: launching them costs less
-    than a Triton launch, and the write is the same single pass over ``[B, C]``).
+def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0: int = 0):
+    """Dense ``dlogits [B, C]`` in ``dtype``: ``scale * grad_out * out[:, col0:col0 + m]`` at the columns
+    ``idx [B, m]``, 0 elsewhere, in one launch (``grad_out``: a scalar or ``[B]`` tensor, any float dtype;
+    ``out``: float32 with unit column stride, e.g. the fused forward's ``[B, 1 + m]`` with ``col0 = 1``).
     """
-    g = gsel * (grad_out.unsqueeze(1) if grad_out.dim() else grad_out)
-    dx = torch.zeros((gsel.shape[0], C), device=gsel.device, dtype=dtype)
-    return dx.scatter_(1, idx, g.to(dtype))
+    B, m = idx.shape
+    dx = torch.empty((B, C), device=idx.device, dtype=dtype)
+    if B == 0 or C == 0:
+        return dx
+    if out.stride(1) != 1 or out.data_ptr() % 16:
+        out, col0 = aligned(out[:, col0:col0 + m]), 0
+    idx = aligned(idx)
+    g = grad_out.reshape(-1)
+    g = aligned(g if g.dtype in _TL_DTYPES else g.to(torch.float32))
+    BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
+    MP = next_pow2(m)
+    ROWS = max(1, min(next_pow2(B), (4096 if not interpreting() else 65536) // BLOCK_C))
+    topk_ce_scatter_kernel[(triton.cdiv(B, ROWS),)](
+        address(out), address(idx), address(g), address(dx),
+        B, C, m, out.stride(0), col0, float(scale),
+        G_DTYPE=_TL_DTYPES[g.dtype], DX_DTYPE=_TL_DTYPES[dtype],
+        G_PER_ROW=grad_out.dim() > 0, ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C,
+        num_warps=num_warps(ROWS * BLOCK_C),
+    )
+    return dx
 
 
 def aot_variants():
     """Every ``constexpr`` variant the launchers use: ``(test_id, jit_fn, signature, constexprs)``."""
     from ..relaxations import DISTRIBUTIONS
 
-    sig = {"X": "*fp32", "LABELS": "*i64", "TAB": "*i32", "OUT": "*fp32", "IDX": "*i64", "SCR": "*fp32",
+    sig = {"X": "i64", "LABELS": "i64", "TAB": "i64", "OUT": "i64", "IDX": "i64", "SCR": "i64",
            "B": "i32", "C": "i32", "m": "i32", "D": "i32", "stride_x": "i32", "steepness": "fp32",
-           "art_lambda": "fp32", "p_first": "fp32", "p_rest": "fp32",
+           "art_lambda": "fp32", "p_first": "fp32", "p_rest": "fp32", "X_DTYPE": "constexpr",
            "DIST": "constexpr", "MODE": "constexpr", "NEED_GRAD": "constexpr", "ROWS": "constexpr",
            "MP": "constexpr", "BLOCK_C": "constexpr"}
     out = []
@@ -264,8 +325,17 @@ def aot_variants():
         for mode, mcode in MODE_CODES.items():
             for need_grad in (False, True):
                 out.append((f"topk_ce_fused_kernel-{name}-{mode}-grad{int(need_grad)}", topk_ce_fused_kernel, sig,
-                            dict(DIST=code, MODE=mcode, NEED_GRAD=need_grad, ROWS=2, MP=16, BLOCK_C=1024)))
-    for dt in ("bf16", "fp16"):
-        out.append((f"topk_ce_fused_kernel-{dt}-input", topk_ce_fused_kernel, dict(sig, X=f"*{dt}"),
-                    dict(DIST=4, MODE=0, NEED_GRAD=True, ROWS=2, MP=16, BLOCK_C=1024)))
+                            dict(X_DTYPE=tl.float32, DIST=code, MODE=mcode, NEED_GRAD=need_grad, ROWS=2, MP=16,
+                                 BLOCK_C=1024)))
+    for name, dt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
+        out.append((f"topk_ce_fused_kernel-{name}-input", topk_ce_fused_kernel, sig,
+                    dict(X_DTYPE=dt, DIST=4, MODE=0, NEED_GRAD=True, ROWS=2, MP=16, BLOCK_C=1024)))
+    scatter_sig = {"OUT": "i64", "IDX": "i64", "G": "i64", "DX": "i64", "B": "i32", "C": "i32", "m": "i32",
+                   "stride_out": "i32", "col0": "i32", "scale": "fp32", "G_DTYPE": "constexpr",
+                   "DX_DTYPE": "constexpr", "G_PER_ROW": "constexpr", "ROWS": "constexpr", "MP": "constexpr",
+                   "BLOCK_C": "constexpr"}
+    for name, dt in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
+        for per_row in (False, True):
+            out.append((f"topk_ce_scatter_kernel-{name}-perrow{int(per_row)}", topk_ce_scatter_kernel, scatter_sig,
+                        dict(G_DTYPE=dt, DX_DTYPE=dt, G_PER_ROW=per_row, ROWS=4, MP=16, BLOCK_C=1024)))
     return out

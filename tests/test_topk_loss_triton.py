@@ -263,17 +263,21 @@ def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("per_row", [True, False], ids=["per_row_grad", "scalar_grad"])
-def test_scatter_backward_writes_every_element(dtype, per_row, device):
-    """The dense ``dlogits`` (NaN-prefilled): ``gsel * grad_out`` at the selected columns, exactly 0
-    everywhere else, in the logits' dtype; C spans several column blocks and is not a multiple of one."""
+@pytest.mark.parametrize("col0,scale", [(0, 1.0), (1, 0.25)], ids=["gsel", "fused_out_mean"])
+def test_scatter_backward_writes_every_element(dtype, per_row, col0, scale, device):
+    """The dense ``dlogits`` (NaN-prefilled): ``scale * grad_out * gsel`` at the selected columns, exactly 0
+    everywhere else, in the logits' dtype; C spans several column blocks and is not a multiple of one.
+    ``col0 = 1``: ``gsel`` read from the fused forward's ``[B, 1 + m]`` output (loss column first)."""
     b, m, C = 3, 6, 5000
     gsel = torch.randn(b, m)
+    out = torch.cat([torch.randn(b, col0), gsel], dim=1)
     idx = torch.stack([torch.randperm(C)[:m] for _ in range(b)])
     idx[0, 0] = C - 1  # the last column
     grad_out = torch.randn(b) if per_row else torch.tensor(0.75)
     with nan_filled_allocations(ktl):
-        dx = ktl.scatter_backward(gsel.to(device), idx.to(device), grad_out.to(device), C, dtype)
-    g = grad_out[:, None] if per_row else grad_out
+        dx = ktl.scatter_backward(out.to(device), idx.to(device), grad_out.to(device).to(dtype), C, dtype, scale,
+                                  col0=col0)
+    g = (grad_out[:, None] if per_row else grad_out).to(dtype).float() * scale
     expected = torch.zeros(b, C).scatter(1, idx.long(), gsel * g).to(dtype)
     assert dx.dtype == dtype and dx.shape == (b, C)
     # exact, except that Triton's interpreter may round float32 -> bfloat16 differently (1 ulp)
