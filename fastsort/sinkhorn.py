@@ -153,6 +153,23 @@ def _target_weights(kind: str, n: int, k: int, dtype, device) -> torch.Tensor:
     return torch.full((n,), 1.0 / n, dtype=dtype, device=device)
 
 
+_TARGETS = {}
+
+
+def _target_tensors(kind: str, n: int, k: int, dtype, device):
+    """``(b, t, log b in float32)`` of an operator, built once per device and dtype (a training step
+    then sends nothing from the host)."""
+    key = (kind, n, k, dtype, str(device))
+    compiling = torch.compiler.is_compiling()
+    hit = None if compiling else _TARGETS.get(key)
+    if hit is None:
+        b = _target_weights(kind, n, k, dtype, device)
+        hit = (b, _targets(b.shape[0], dtype, device), b.to(torch.float32).log())
+        if not compiling and len(_TARGETS) < 1024:
+            _TARGETS[key] = hit
+    return hit
+
+
 def _uses_sort_init(kind: str, k, n: int) -> bool:
     """OTT's full ``sort`` starts from the DualSort initialiser; ranks and top-k (k < n) from zero."""
     return kind in ("sort", "perm") or (kind == "topk" and k == n)
@@ -324,30 +341,31 @@ class _SinkhornFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kind, k, epsilon, max_iter, threshold, squash, backend):
         n = x.shape[1]
-        b = _target_weights(kind, n, k, x.dtype, x.device)
-        t = _targets(b.shape[0], x.dtype, x.device)
+        b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
         if backend == "triton" and not _kernels().supports(n, b.shape[0]):
             backend = "torch"  # the register-tile kernels hold n x m per row; larger rows use the reference
         if backend == "triton":
             out, z, f, g = _kernels().sinkhorn_forward(
-                x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash
+                x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash,
+                logb=logb,
             )
         else:
             z = squash_forward(x, squash)
             f0 = dualsort_init_torch(z, t) if _uses_sort_init(kind, k, n) else None
             f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
             out = _outputs_from_plan(kind, _plan(z, t, f, g, epsilon), x, n, k)
-        ctx.save_for_backward(x, z, f, g, b, t)
+        ctx.save_for_backward(x, z, f, g, b, t, logb)
         ctx.cfg = (kind, k, epsilon, squash, backend)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, z, f, g, b, t = ctx.saved_tensors
+        x, z, f, g, b, t, logb = ctx.saved_tensors
         kind, k, epsilon, squash, backend = ctx.cfg
         grad = grad.contiguous()
         if backend == "triton":
-            dx = _kernels().sinkhorn_backward(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash)
+            dx = _kernels().sinkhorn_backward(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash,
+                                              logb=logb)
         else:
             dx = backward_torch(kind, grad, x, z, t, b, f, g, epsilon, x.shape[1], k, squash)
         return dx, None, None, None, None, None, None, None

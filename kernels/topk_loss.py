@@ -278,7 +278,8 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
         address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
         address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
-        X_DTYPE=_TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode], NEED_GRAD=need_grad,
+        X_DTYPE=_TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode],
+        NEED_GRAD=need_grad,
         ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=num_warps(ROWS * BLOCK_C),
     )
     return out, (idx if need_grad else torch.empty((B, 0), device=dev, dtype=torch.int64))
