@@ -77,5 +77,9 @@ def address(t: torch.Tensor) -> int:
 
 @triton.jit
 def as_pointer(addr, DTYPE: tl.constexpr):
-    """The ``DTYPE`` pointer at ``addr`` (an :func:`address`): 16-byte aligned."""
-    return tl.multiple_of(addr.to(tl.pointer_type(DTYPE)), 16)
+    """The ``DTYPE`` pointer at ``addr`` (an :func:`address`): 16-byte aligned.
+
+    The JIT types a small integer (``0`` for an empty, unused tensor) as ``i32``,
+    which ``int_to_ptr`` rejects when compiling for a GPU: widen to 64 bits first.
+    """
+    return tl.multiple_of(addr.to(tl.int64).to(tl.pointer_type(DTYPE)), 16)

@@ -324,7 +324,8 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
 def aot_variants():
     """Every ``constexpr`` variant the launchers use, for ahead-of-time compilation checks.
 
-    Returns ``(test_id, jit_fn, signature, constexprs)`` tuples.
+    Returns ``(test_id, jit_fn, signature, constexprs)`` tuples.  Tensors are addresses (``i64``); an
+    unused one is an empty tensor whose address 0 the JIT types as ``i32``, and so does the signature.
     """
     out = []
     fwd_sig = {"X": "i64", "Y": "i64", "W": "i64", "XIN": "i64", "LANES": "i64",
@@ -339,8 +340,9 @@ def aot_variants():
 
     for code, name in enumerate(DISTRIBUTIONS):
         for save_w, save_x in ((False, False), (True, False), (True, True)):
+            sig = dict(fwd_sig, W="i64" if save_w else "i32", XIN="i64" if save_x else "i32")
             out.append((f"network_forward_kernel-{name}-savew{int(save_w)}-savex{int(save_x)}",
-                        network_forward_kernel, fwd_sig,
+                        network_forward_kernel, sig,
                         dict(DIST=code, SAVE_W=save_w, SAVE_X=save_x, ROWS=8, NP=128)))
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
             out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
@@ -352,7 +354,8 @@ def aot_variants():
                "R": "i32", "n": "i32", "D": "i32", "C": "i32",
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):
-        out.append((f"network_sweep_kernel-save{int(save)}", network_sweep_kernel, sw_sig,
+        out.append((f"network_sweep_kernel-save{int(save)}", network_sweep_kernel,
+                    dict(sw_sig, SHIST="i64" if save else "i32"),
                     dict(SAVE=save, ROWS=2, CB=8, NP=128)))
     for atomic in (False, True):
         out.append((f"network_sweep_backward_kernel-atomic{int(atomic)}", network_sweep_backward_kernel, swb_sig,
