@@ -120,3 +120,35 @@ def test_other_jit_functions_are_helpers(module_name):
     uncalled = helpers - _called_from_jit_code()
     assert not uncalled, f"{module_name}: jit functions neither named *_kernel nor called from jit code: " \
                          f"{sorted(uncalled)}"
+
+
+# --------------------------------------------------------------------------- code-shape guard
+_GATHER_PROBE = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastsort.kernels import network
+out = {}
+for tid, fn, sig, const in network.aot_variants():
+    if "cauchy" in tid or "sweep" in tid:
+        const = dict(const, NP=1024, **({"ROWS": 1} if "ROWS" in const else {}))
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32))
+        ranks = [len(shape.split("x")) - 1 for shape in re.findall(r'"?tt\.gather"?.*?-> tensor<([0-9x]+)', k.asm["ttir"])]
+        out[tid] = ranks
+print(json.dumps(out))
+"""
+
+
+def test_network_kernels_gather_in_one_dimension():
+    """The network kernels' ``tl.gather`` must act on flat 1-D tiles: Triton lowers a 1-D gather through
+    shared memory, but gives a gather along an axis of a 2-D tensor a warp-local layout with
+    ``(n / 32)^2`` shuffles per thread (1024 per layer at n = 1024, the cause of a 25x slowdown found in
+    the sm_90 SASS).  Compiles the variants at n = 1024 and reads the gathers' result types."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _GATHER_PROBE], env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ranks and all(ranks.values()), f"no gathers found: {ranks}"
+    assert all(r == 1 for rs in ranks.values() for r in rs), f"gathers on tensors of rank > 1: {ranks}"
