@@ -40,7 +40,14 @@ def interpreting() -> bool:
 
 
 def next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    """The smallest power of two >= ``n`` (>= 1); plain Python: ``triton.next_power_of_2`` goes through
+    Triton's constexpr-function machinery, ~4 us per call, and launchers call this several times."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` in plain Python (``triton.cdiv`` costs microseconds per call on the host)."""
+    return -(-a // b)
 
 
 def rows_per_program(n_rows: int, lanes: int, target: int | None = None) -> int:

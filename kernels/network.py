@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MAX_LANES, address, aligned, as_pointer, next_pow2, num_warps, rows_per_program
+from .launch import MAX_LANES, address, aligned, as_pointer, cdiv, next_pow2, num_warps, rows_per_program
 from .relaxations import relax
 
 
@@ -244,7 +244,7 @@ def _sweep_blocks(R: int, C: int, NP: int):
     lines = rows_per_program(R * CP, NP)
     if lines >= CP:
         return lines // CP, CP, 1
-    return 1, lines, triton.cdiv(C, lines)
+    return 1, lines, cdiv(C, lines)
 
 
 def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_params, need_grad: bool):
@@ -266,7 +266,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     W = x.new_empty((R, D, n)) if save_w else x.new_empty(0)
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
     ROWS = rows_per_program(R, NP)
-    network_forward_kernel[(triton.cdiv(R, ROWS),)](
+    network_forward_kernel[(cdiv(R, ROWS),)](
         address(x), address(y), address(W), address(XIN), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
@@ -279,7 +279,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         S0 = x.new_empty((R, C, n))
         SHIST = x.new_empty((R, D, C, n)) if need_grad else x.new_empty(0)
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
-        network_sweep_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
+        network_sweep_kernel[(cdiv(R, ROWS_S), n_cprog)](
             address(W), address(init), address(S0), address(SHIST), address(table.lanes),
             R, n, D, C,
             SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
@@ -300,7 +300,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         gS0 = aligned(gS0.to(torch.float32))
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         GW = (torch.zeros if n_cprog > 1 else torch.empty)((R, D, n), device=W.device, dtype=torch.float32)
-        network_sweep_backward_kernel[(triton.cdiv(R, ROWS_S), n_cprog)](
+        network_sweep_backward_kernel[(cdiv(R, ROWS_S), n_cprog)](
             address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
             R, n, D, C,
             ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
@@ -310,7 +310,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
     if gy is not None:
         gy = aligned(gy.to(torch.float32))
     ROWS = rows_per_program(R, NP)
-    network_backward_kernel[(triton.cdiv(R, ROWS),)](
+    network_backward_kernel[(cdiv(R, ROWS),)](
         address(gy if gy is not None else gx), address(GW if GW is not None else W), address(W), address(XIN),
         address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),

@@ -56,7 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import address, aligned, as_pointer
+from .launch import address, aligned, as_pointer, cdiv, next_pow2
 
 _TL_FLOATS = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
               torch.float64: tl.float64}
@@ -366,8 +366,8 @@ def _sinkhorn_bwd_kernel(
 
 def _launch_config(n: int, m: int):
     """(ROWS, BLOCK_N, BLOCK_M, num_warps) for a row length ``n`` and ``m`` targets."""
-    block_n = triton.next_power_of_2(max(n, 2))
-    block_m = triton.next_power_of_2(max(m, 2))
+    block_n = next_pow2(max(n, 2))
+    block_m = next_pow2(max(m, 2))
     tile = block_n * block_m
     if tile > MAX_TILE:
         raise ValueError(
@@ -382,7 +382,7 @@ def _launch_config(n: int, m: int):
 
 def supports(n: int, m: int) -> bool:
     """Whether the register-tile kernels handle a row of ``n`` inputs and ``m`` targets."""
-    return triton.next_power_of_2(max(n, 2)) * triton.next_power_of_2(max(m, 2)) <= MAX_TILE
+    return next_pow2(max(n, 2)) * next_pow2(max(m, 2)) <= MAX_TILE
 
 
 def _out_spec(kind: str, n: int, m: int, k):
@@ -422,7 +422,7 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise ValueError("out must be a contiguous float32 tensor")
     logb = aligned(b.to(torch.float32).log() if logb is None else logb)
-    grid = (triton.cdiv(R, rows),)
+    grid = (cdiv(R, rows),)
     if R > 0:
         # squashed inputs give costs <= 1: the iteration domain follows from epsilon alone
         domain = (1 if 1.0 <= SCALING_MAX * float(epsilon) else 0) if squash else 2
@@ -448,7 +448,7 @@ def sinkhorn_backward(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=Non
     logb = aligned(b.to(torch.float32).log() if logb is None else logb)
     # float32 copies only where needed; kept in locals until the launch returns (addresses)
     grad, x32, z, f, g = (aligned(a.to(torch.float32)) for a in (grad, x, z, f, g))
-    grid = (triton.cdiv(R, rows),)
+    grid = (cdiv(R, rows),)
     if R > 0:
         _sinkhorn_bwd_kernel[grid](
             address(grad), address(x32), address(z), address(f), address(g), address(logb), address(dx),

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import address, aligned, as_pointer, interpreting, next_pow2, num_warps
+from .launch import address, aligned, as_pointer, cdiv, interpreting, next_pow2, num_warps
 from .network import comparator_adjoint, layer_lanes
 from .relaxations import relax
 
@@ -279,7 +279,7 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     else:
         idx = scratch = out  # not written
     ROWS, BLOCK_C, warps = _config(B, C, MP)
-    topk_ce_fused_kernel[(triton.cdiv(B, ROWS),)](
+    topk_ce_fused_kernel[(cdiv(B, ROWS),)](
         address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
         address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
@@ -307,7 +307,7 @@ def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0
     BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
     MP = next_pow2(m)
     ROWS = max(1, min(next_pow2(B), (4096 if not interpreting() else 65536) // BLOCK_C))
-    topk_ce_scatter_kernel[(triton.cdiv(B, ROWS),)](
+    topk_ce_scatter_kernel[(cdiv(B, ROWS),)](
         address(out), address(idx), address(g), address(dx),
         B, C, m, out.stride(0), col0, float(scale),
         G_DTYPE=_TL_DTYPES[g.dtype], DX_DTYPE=_TL_DTYPES[dtype],
