@@ -1,4 +1,9 @@
-"""Launch heuristics and argument passing for every fastsort kernel, in one place.
+"""Launch heuristics and argument passing shared by every fastsort kernel.
+
+The rules below (rows per program, warps, column blocks) are used by every
+launcher; what is specific to one kernel (the network sweeps' split of lines
+over programs, the Sinkhorn register-tile limit, the fused loss's warp per
+row) sits next to that launcher and is built from these.
 
 A program owns a tile of ``rows x lanes`` elements held in registers.  On a GPU
 we aim at ~4K elements per program (enough work per warp, no spills) but keep
@@ -33,6 +38,9 @@ import triton.language as tl
 MAX_LANES = 8192
 #: on a GPU, fewer rows per program rather than fewer than this many programs
 MIN_PROGRAMS = 256
+#: Triton element type of each torch dtype a kernel reads or writes
+TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+             torch.float64: tl.float64}
 
 
 def interpreting() -> bool:
@@ -58,6 +66,11 @@ def rows_per_program(n_rows: int, lanes: int, target: int | None = None) -> int:
     if not interpreting():
         rows = max(1, min(rows, n_rows // MIN_PROGRAMS))
     return 1 << (rows.bit_length() - 1)  # round down to a power of two
+
+
+def column_block(n_cols: int) -> int:
+    """Columns a program reads per step when it loops over a long row (a power of two)."""
+    return min(next_pow2(n_cols), 4096 if interpreting() else 1024)
 
 
 def num_warps(tile_elems: int, per_thread: int = 16) -> int:

@@ -56,10 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import address, aligned, as_pointer, cdiv, next_pow2
-
-_TL_FLOATS = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-              torch.float64: tl.float64}
+from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, next_pow2
 
 CHECK_EVERY = 10
 DUALSORT_MAX_ITER = 100
@@ -429,7 +426,7 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
         _sinkhorn_fwd_kernel[grid](
             address(xf), address(z), address(f), address(g), address(out), address(iters), address(logb),
             R, n, m, ncol, col0, float(epsilon), float(threshold), int(max_iter), float(SCALING_MAX),
-            X_DTYPE=_TL_FLOATS[xf.dtype], SQUASH=bool(squash), INIT_SORT=_uses_sort_init(kind, k, n),
+            X_DTYPE=TL_DTYPES[xf.dtype], SQUASH=bool(squash), INIT_SORT=_uses_sort_init(kind, k, n),
             OUT_KIND=out_kind, FLIP=flip,
             DOMAIN=domain, ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
         )

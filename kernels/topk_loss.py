@@ -40,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import address, aligned, as_pointer, cdiv, interpreting, next_pow2, num_warps
+from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, column_block, interpreting, next_pow2, \
+    num_warps, rows_per_program
 from .network import comparator_adjoint, layer_lanes
 from .relaxations import relax
 
@@ -224,9 +225,6 @@ def topk_ce_scatter_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
 def _config(B: int, C: int, MP: int):
     """``(ROWS, BLOCK_C, num_warps)`` of the fused kernel.
 
@@ -235,9 +233,9 @@ def _config(B: int, C: int, MP: int):
     barrier), ~1.7x fewer instructions per row than two rows over four warps
     (sm_90 SASS).  The interpreter takes many rows per program instead.
     """
-    BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
+    BLOCK_C = column_block(C)
     if interpreting():
-        return max(1, min(next_pow2(B), 65536 // BLOCK_C)), BLOCK_C, 1
+        return rows_per_program(B, BLOCK_C), BLOCK_C, 1
     return 1, BLOCK_C, 1
 
 
@@ -283,7 +281,7 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
         address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
         address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
-        X_DTYPE=_TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode],
+        X_DTYPE=TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode],
         NEED_GRAD=need_grad,
         ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=warps,
     )
@@ -302,15 +300,14 @@ def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0
     if out.stride(1) != 1 or out.data_ptr() % 16:
         out, col0 = aligned(out[:, col0:col0 + m]), 0
     idx = aligned(idx)
-    g = grad_out.reshape(-1)
-    g = aligned(g if g.dtype in _TL_DTYPES else g.to(torch.float32))
-    BLOCK_C = min(next_pow2(C), 1024 if not interpreting() else 4096)
+    g = aligned(grad_out.reshape(-1))
+    BLOCK_C = column_block(C)
     MP = next_pow2(m)
-    ROWS = max(1, min(next_pow2(B), (4096 if not interpreting() else 65536) // BLOCK_C))
+    ROWS = rows_per_program(B, BLOCK_C)
     topk_ce_scatter_kernel[(cdiv(B, ROWS),)](
         address(out), address(idx), address(g), address(dx),
         B, C, m, out.stride(0), col0, float(scale),
-        G_DTYPE=_TL_DTYPES[g.dtype], DX_DTYPE=_TL_DTYPES[dtype],
+        G_DTYPE=TL_DTYPES[g.dtype], DX_DTYPE=TL_DTYPES[dtype],
         G_PER_ROW=grad_out.dim() > 0, ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C,
         num_warps=num_warps(ROWS * BLOCK_C),
     )
