@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .functional import sweep_init
+from .functional import reduce_loss, sweep_init
 from .networks import get_network
 
 #: the fused kernel serves top-m preselection up to this many wires
@@ -88,12 +88,7 @@ class _FusedTopKCE(torch.autograd.Function):
         B, C = logits.shape
         ctx.n_classes, ctx.dtype = C, logits.dtype
         ctx.scale = 1.0 / B if reduction == "mean" and B else 1.0
-        loss = out[:, 0]
-        if reduction == "mean":
-            loss = loss.mean()
-        elif reduction == "sum":
-            loss = loss.sum()
-        return loss.to(logits.dtype)
+        return reduce_loss(out[:, 0], reduction).to(logits.dtype)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
@@ -118,14 +113,6 @@ def _backward(ctx, g_out, g_idx):
 _topk_ce_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
-
-
 def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, params: dict,
                              mode: str, p_first: float, p_rest: float, reduction: str) -> Tensor:
     """The fused loss with top-m preselection, reduced (``mean``/``sum``/``none``), in the logits' dtype."""
@@ -138,4 +125,4 @@ def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kin
         loss = _topk_ce_fused(logits, labels, *args, need_grad)[0][:, 0]
     else:
         loss = _forward_impl(logits, labels, *args, False)[0][:, 0]
-    return _reduce(loss, reduction).to(logits.dtype)
+    return reduce_loss(loss, reduction).to(logits.dtype)

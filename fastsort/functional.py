@@ -51,6 +51,35 @@ def check_method(method: str, op: str) -> str:
     return method
 
 
+#: the losses' ``reduction`` values
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """A per-row loss ``[B]`` reduced by ``mean``, ``sum`` or ``none``."""
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_classes") -> None:
+    """Labels must lie in ``[0, n_classes)`` (``name``: how the caller's messages call ``n_classes``).  Checked for CPU labels only: on CUDA the check needs the
+    values on the host, a device sync in every training step, so the kernels and ops flag a bad label
+    themselves there (NaN rows in the top-k loss).  Skipped while ``torch.compile`` traces."""
+    if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"labels must be in [0, {name}) = [0, {n_classes}), got values in [{lo}, {hi}]")
+
+
 def _positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")

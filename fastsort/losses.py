@@ -22,13 +22,13 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._fused_loss import MAX_FUSED_M, _reduce, fused_topk_cross_entropy
-from .functional import NETWORK_METHODS, _network, _rows_desc, check_method, kernel_backend, parse_params, sweep_init
+from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
+from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_label_range, check_method,
+                         check_reduction, kernel_backend, parse_params, reduce_loss, sweep_init)
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
 
 TOP1_MODES = ("sm", "smce", "sort")
-REDUCTIONS = ("mean", "sum", "none")
 # -inf logits (masked classes) are sorted as this value: finite, so the
 # comparators see a huge difference (alpha exactly 0 or 1) instead of inf - inf.
 _NEG_BIG = -1e30
@@ -67,14 +67,7 @@ def _check_logits_labels(logits, labels):
         raise TypeError(f"labels must be an integer tensor of class indices, got {getattr(labels, 'dtype', type(labels))}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-    C = logits.shape[1]
-    # the range check needs the values on the host: done for CPU labels; on CUDA it would be a
-    # device sync in the hot path, so there the kernels write NaN for an out-of-range label instead.
-    # (and it is skipped while torch.compile traces: it is data-dependent)
-    if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling() \
-            and (int(labels.min()) < 0 or int(labels.max()) >= C):
-        raise ValueError(f"labels must be in [0, n_classes) = [0, {C}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    check_label_range(labels, logits.shape[1])
 
 
 def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
@@ -158,8 +151,7 @@ def topk_cross_entropy(
     p = check_p_k(p_k)
     if top1_mode not in TOP1_MODES:
         raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     params = _method_params(method, inverse_temperature, distribution, art_lambda)
     B, C = logits.shape
     K = len(p)
@@ -185,7 +177,7 @@ def topk_cross_entropy(
     if top1_mode == "smce":
         ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
         loss = p[0] * ce + sum(p[1:]) * loss
-    return _reduce(loss, reduction).to(logits.dtype)
+    return reduce_loss(loss, reduction).to(logits.dtype)
 
 
 class TopKCrossEntropyLoss(torch.nn.Module):
@@ -206,8 +198,7 @@ class TopKCrossEntropyLoss(torch.nn.Module):
         check_method(method, "loss")
         if top1_mode not in TOP1_MODES:
             raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_reduction(reduction)
         _method_params(method, inverse_temperature, distribution, art_lambda)
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m <= len(self.p_k)):
             raise ValueError(f"m must be an int > K = len(p_k) = {len(self.p_k)}, got {m!r}")

@@ -34,6 +34,8 @@ import numbers
 
 import torch
 
+from .functional import check_label_range, check_reduction, reduce_loss
+
 __all__ = [
     "log_elementary_symmetric",
     "smooth_topk_svm_loss",
@@ -41,7 +43,6 @@ __all__ = [
     "SmoothHardTopKLoss",
 ]
 
-REDUCTIONS = ("mean", "sum", "none")
 # difftopk's switch to the hard loss: gap >= k * tau * log(_HARD_THRESH)
 _HARD_THRESH = 1e3
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -170,12 +171,6 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def _check_reduction(reduction) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
 def _check_inputs(logits, labels, k: int) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -196,11 +191,7 @@ def _check_inputs(logits, labels, k: int) -> None:
         raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
     if k >= num_classes:
         raise ValueError(f"k must be < num_classes={num_classes} (logits.shape[1]), got k={k}")
-    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"labels must be in [0, num_classes={num_classes}), got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
+    check_label_range(labels, num_classes, "num_classes")
 
 
 def smooth_topk_svm_loss(
@@ -240,7 +231,7 @@ def smooth_topk_svm_loss(
     k = _check_k(k)
     tau = _check_tau(tau)
     alpha = _check_alpha(alpha)
-    reduction = _check_reduction(reduction)
+    reduction = check_reduction(reduction)
     _check_inputs(logits, labels, k)
 
     out_dtype = logits.dtype
@@ -267,11 +258,7 @@ def smooth_topk_svm_loss(
         hard_loss = torch.clamp(max_1 - max_2, min=0)
         loss = torch.where(is_hard, hard_loss, loss)
 
-    if reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    return loss.to(out_dtype)
+    return reduce_loss(loss, reduction).to(out_dtype)
 
 
 class SmoothTopKLoss(torch.nn.Module):
@@ -297,7 +284,7 @@ class SmoothTopKLoss(torch.nn.Module):
         super().__init__()
         self.k = _check_k(k)
         self.tau = _check_tau(tau)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return smooth_topk_svm_loss(
