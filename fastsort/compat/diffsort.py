@@ -105,6 +105,22 @@ def check_size(size, name: str = "size") -> int:
     return size
 
 
+def init_network_options(module: torch.nn.Module, sorting_network_type: str, supported, owner: str, size,
+                         device, steepness, art_lambda, interpolation_type, distribution, warn: bool) -> None:
+    """Check and store on ``module`` the constructor arguments that ``DiffSortNet`` and
+    ``difftopk.DiffTopkNet`` share (``warn``: whether ``interpolation_type`` is deprecated there)."""
+    if sorting_network_type not in supported:
+        raise UnsupportedOptionError(f"Sorting network `{sorting_network_type}` unknown: {owner} supports {supported}")
+    module.sorting_network_type = sorting_network_type
+    module.size = check_size(size)
+    module.device = device
+    distribution = resolve_distribution(distribution, interpolation_type, warn=warn)
+    check_distribution(distribution)
+    module.steepness = steepness
+    module.art_lambda = art_lambda
+    module.distribution = distribution
+
+
 def check_vectors(vectors, size: int) -> None:
     """diffsort's ``assert len(vectors.shape) == 2`` and ``assert vectors.shape[1] == size``."""
     if not isinstance(vectors, torch.Tensor):
@@ -185,18 +201,8 @@ class DiffSortNet(torch.nn.Module):
         distribution: Optional[str] = "cauchy",
     ):
         super().__init__()
-        if sorting_network_type not in SORTING_NETWORKS:
-            raise UnsupportedOptionError(
-                f"Sorting network `{sorting_network_type}` unknown: diffsort.DiffSortNet supports {SORTING_NETWORKS}"
-            )
-        self.sorting_network_type = sorting_network_type
-        self.size = check_size(size)
-        self.device = device
-        distribution = resolve_distribution(distribution, interpolation_type, warn=False)
-        check_distribution(distribution)
-        self.steepness = steepness
-        self.art_lambda = art_lambda
-        self.distribution = distribution
+        init_network_options(self, sorting_network_type, SORTING_NETWORKS, "diffsort.DiffSortNet", size, device,
+                             steepness, art_lambda, interpolation_type, distribution, warn=False)
 
     def forward(self, vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         check_vectors(vectors, self.size)

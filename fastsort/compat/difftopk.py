@@ -36,14 +36,14 @@ import torch
 
 from .._torch_softmax_sorts import neuralsort_rows, softsort_rows
 from ..functional import compute_dtype
-from ..losses import topk_cross_entropy
+from ..losses import TOP1_MODES, topk_cross_entropy
 from .diffsort import (
     CompatError,
     UnsupportedOptionError,
     check_distribution,
     check_size,
     check_vectors,
-    resolve_distribution,
+    init_network_options,
     run_network,
 )
 
@@ -72,7 +72,6 @@ DIFFSORT_METHODS = {
     "neuralsort": "neuralsort",
     "softsort": "softsort",
 }
-TOP1_MODES = ("sm", "smce", "sort")
 
 
 def _check_k(k, size: int) -> int:
@@ -144,20 +143,10 @@ class DiffTopkNet(torch.nn.Module):
         distribution: Optional[str] = "cauchy",
     ):
         super().__init__()
-        if sorting_network_type not in TOPK_NETWORKS:
-            raise UnsupportedOptionError(
-                f"Sorting network `{sorting_network_type}` unknown: DiffTopkNet supports {TOPK_NETWORKS}"
-            )
-        self.sorting_network_type = sorting_network_type
-        self.size = check_size(size)
+        init_network_options(self, sorting_network_type, TOPK_NETWORKS, "DiffTopkNet", size, device, steepness,
+                             art_lambda, interpolation_type, distribution, warn=True)
         self.k = _check_k(k, self.size)
         self.sparse = bool(sparse)
-        self.device = device
-        distribution = resolve_distribution(distribution, interpolation_type, warn=True)
-        check_distribution(distribution)
-        self.steepness = steepness
-        self.art_lambda = art_lambda
-        self.distribution = distribution
 
     def forward(self, vectors: torch.Tensor) -> Tuple[None, torch.Tensor]:
         check_vectors(vectors, self.size)
