@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from test_losses import make_batch  # the shared seeded logits/labels batch
 from fastsort.smooth_topk import (
     SmoothHardTopKLoss,
     SmoothTopKLoss,
@@ -28,13 +29,6 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 
 HARD_GAP = math.log(1e3)  # difftopk's threshold: gap >= k * tau * log(1000)
-
-
-def _data(B, C, scale, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(B, C, generator=g, dtype=torch.float64) * scale).to(dtype)
-    labels = torch.randint(0, C, (B,), generator=g)
-    return logits, labels
 
 
 def _n_hard(logits, k, tau):
@@ -139,7 +133,7 @@ DIFFTOPK_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("B, C, k, tau, scale", DIFFTOPK_CASES)
 def test_matches_difftopk(B, C, k, tau, scale, dtype, hard):
-    logits, labels = _data(B, C, scale, dtype, seed=B * C + k)
+    logits, labels = make_batch(B, C, B * C + k, scale=scale, dtype=dtype)
     if hard and scale == 100.0:
         assert 0 < _n_hard(logits, k, tau) < B  # both branches exercised
     ref_cls = difftopk.SmoothHardTopKLoss if hard else difftopk.SmoothTopKLoss
@@ -162,7 +156,7 @@ def test_matches_difftopk(B, C, k, tau, scale, dtype, hard):
 def test_k1_closed_form(tau, scale, hard):
     """k = 1 is tau * logsumexp((x + 1[j != y]) / tau) - x_y; values also match difftopk."""
     B, C = 12, 9
-    logits, labels = _data(B, C, scale, seed=7)
+    logits, labels = make_batch(B, C, 7, scale=scale)
     x = logits.clone().requires_grad_()
     ours = smooth_topk_svm_loss(x, labels, 1, tau=tau, hard=hard, reduction="none")
     margin = torch.ones(B, C, dtype=torch.float64).scatter_(1, labels[:, None], 0.0)
@@ -187,7 +181,7 @@ def test_k1_closed_form(tau, scale, hard):
     [(6, 1, 1.0, 1.0, 1.0), (6, 2, 0.5, 1.0, 1.0), (8, 3, 1.0, 0.5, 2.0), (7, 6, 2.0, 1.0, 1.0), (10, 4, 0.3, 2.0, 1.0)],
 )
 def test_gradcheck_functional(C, k, tau, alpha, scale, hard):
-    logits, labels = _data(5, C, scale, seed=C + k)
+    logits, labels = make_batch(5, C, C + k, scale=scale)
     if hard:  # one row far in the hard regime; gradcheck must not straddle the switch
         logits[0, :k] += 50.0 * k * tau
     x = logits.requires_grad_()
@@ -204,7 +198,7 @@ def test_gradcheck_functional(C, k, tau, alpha, scale, hard):
 @pytest.mark.parametrize("cls, hard", [(SmoothTopKLoss, False), (SmoothHardTopKLoss, True)])
 def test_reductions(cls, hard):
     B, C, k, tau = 10, 12, 3, 0.5
-    logits, labels = _data(B, C, 30.0, seed=3)
+    logits, labels = make_batch(B, C, 3, scale=30.0)
     per_sample = cls(k, tau, reduction="none")(logits, labels)
     assert per_sample.shape == (B,)
     assert (per_sample >= 0).all()
@@ -223,7 +217,7 @@ def test_reductions(cls, hard):
 @pytest.mark.parametrize("hard", [False, True], ids=["smooth", "hard"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_round_trip(dtype, hard):
-    logits, labels = _data(6, 10, 2.0, torch.float32, seed=11)
+    logits, labels = make_batch(6, 10, 11, scale=2.0, dtype=torch.float32)
     low = logits.to(dtype).requires_grad_()
     out = smooth_topk_svm_loss(low, labels, 3, tau=0.7, hard=hard, reduction="none")
     assert out.dtype == dtype
@@ -235,7 +229,7 @@ def test_low_precision_round_trip(dtype, hard):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_preserved(dtype):
-    logits, labels = _data(4, 6, 1.0, dtype)
+    logits, labels = make_batch(4, 6, 0, scale=1.0, dtype=dtype)
     assert smooth_topk_svm_loss(logits, labels, 2).dtype == dtype
     assert SmoothHardTopKLoss(2)(logits, labels).dtype == dtype
 
@@ -243,7 +237,7 @@ def test_dtype_preserved(dtype):
 @pytest.mark.parametrize("hard", [False, True], ids=["smooth", "hard"])
 @pytest.mark.parametrize("where", ["other", "true"])
 def test_nan_propagates(where, hard):
-    logits, labels = _data(3, 6, 100.0, torch.float32, seed=5)
+    logits, labels = make_batch(3, 6, 5, scale=100.0, dtype=torch.float32)
     labels[0] = 2
     logits[0, 4 if where == "other" else 2] = math.nan
     out = smooth_topk_svm_loss(logits, labels, 2, hard=hard, reduction="none")
