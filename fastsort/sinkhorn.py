@@ -90,6 +90,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "DEFAULT_MAX_ITER",
@@ -359,6 +360,7 @@ class _SinkhornFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the implicit backward is not itself differentiable: raise, never a silent 0
     def backward(ctx, grad):
         x, z, f, g, b, t, logb = ctx.saved_tensors
         kind, k, epsilon, squash, backend = ctx.cfg

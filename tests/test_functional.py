@@ -490,3 +490,16 @@ def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
     # the explicit torch backend and auto on CPU are unaffected
     assert _dispatch.resolve_backend(torch.zeros(3), "torch") == "torch"
     assert _dispatch.resolve_backend(torch.zeros(3), "auto") == "torch"
+
+
+@pytest.mark.parametrize("method", ["bitonic", "sinkhorn"])
+def test_double_backward_raises(method):
+    """The hand-written backwards are not themselves differentiable: a second derivative must raise,
+    not come out silently as zero or as the derivative of a detached expression."""
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    y = fastsort.soft_topk(x, 2, method=method, backend="torch")
+    (g,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x, create_graph=True)
+    # once_differentiable: the first derivative carries no graph (or a DelayedError node), so asking for
+    # the second one raises
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiate twice"):
+        torch.autograd.grad(g.sum(), x)
