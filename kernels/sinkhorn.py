@@ -116,6 +116,14 @@ def _squash(x, nmask, n, SQUASH: tl.constexpr):
 
 
 @triton.jit
+def _still_active(active, c, err, threshold):
+    """Rows keep iterating until a check (every 10 iterations, ``CHECK_EVERY``) finds their marginal
+    error ``err`` below ``threshold`` (or NaN)."""
+    check = (c > 0) & (c % 10 == 0)
+    return active & ((check & ((err < threshold) | (err != err))) == 0)
+
+
+@triton.jit
 def _cost(z, t):
     d = z[:, None, :] - t[None, :, None]
     return d * d
@@ -128,7 +136,7 @@ def _cost(z, t):
 
 @triton.jit
 def _sinkhorn_fwd_kernel(
-    X, Z, F, G, OUT, ITERS, LOGB,
+    X, Z, F, G, OUT, LOGB,
     R, n, m, ncol, col0,
     eps, threshold, max_iter, scaling_max,
     X_DTYPE: tl.constexpr, SQUASH: tl.constexpr, INIT_SORT: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
@@ -137,7 +145,7 @@ def _sinkhorn_fwd_kernel(
     # tensors arrive as addresses (fastsort.kernels.launch)
     X, Z, F, G = as_pointer(X, X_DTYPE), as_pointer(Z, tl.float32), as_pointer(F, tl.float32), \
         as_pointer(G, tl.float32)
-    OUT, ITERS, LOGB = as_pointer(OUT, tl.float32), as_pointer(ITERS, tl.int32), as_pointer(LOGB, tl.float32)
+    OUT, LOGB = as_pointer(OUT, tl.float32), as_pointer(LOGB, tl.float32)
     rows, rmask, ii, jj, nmask, jmask, rows64 = _row_tile(R, n, m, ROWS, BLOCK_N, BLOCK_M)
 
     # -- load and squash the rows; keep z for the backward pass
@@ -175,7 +183,6 @@ def _sinkhorn_fwd_kernel(
     # -- Sinkhorn iterations: g update, (error check), f update
     g = tl.zeros((ROWS, BLOCK_M), dtype=tl.float32)
     active = rmask
-    iters = tl.zeros((ROWS,), dtype=tl.int32)
     c = 0
     valid = nmask[:, None, :] & jmask[None, :, None]
     if DOMAIN == 2:  # decided per tile from its costs
@@ -195,10 +202,7 @@ def _sinkhorn_fwd_kernel(
             vn = tl.where(bmask, bw[None, :] / tl.where(bmask, Ktu, 1.0), 0.0)
             # column marginal of the current (u, v): v_j (K^T u)_j
             err = tl.sum(tl.where(jmask[None, :], tl.abs(v * Ktu - bw[None, :]), 0.0), axis=1)
-            check = (c > 0) & (c % 10 == 0)
-            stop = active & check & ((err < threshold) | (err != err))
-            iters = tl.where(stop, c, iters)
-            active = active & (stop == 0)
+            active = _still_active(active, c, err, threshold)
             Kv = tl.sum(K * vn[:, :, None], axis=1)
             un = tl.where(nmask, a / tl.where(nmask, Kv, 1.0), 0.0)
             v = tl.where(active[:, None], vn, v)
@@ -219,10 +223,7 @@ def _sinkhorn_fwd_kernel(
             # column-marginal L1 error of the current state: b_j exp((g_j - gn_j)/eps)
             marg = bw[None, :] * tl.exp((g - gn) / eps)
             err = tl.sum(tl.where(jmask[None, :], tl.abs(marg - bw[None, :]), 0.0), axis=1)
-            check = (c > 0) & (c % 10 == 0)
-            stop = active & check & ((err < threshold) | (err != err))
-            iters = tl.where(stop, c, iters)
-            active = active & (stop == 0)
+            active = _still_active(active, c, err, threshold)
             # f_i = eps log a_i - eps LSE_j (g_j - C_ij) / eps   (padded targets masked out)
             s = (gn[:, :, None] - cost) / eps
             s = tl.where(jmask[None, :, None], s, float("-inf"))
@@ -234,12 +235,10 @@ def _sinkhorn_fwd_kernel(
             c += 1
         # the plan T_ij = exp((f_i + g_j - C_ij) / eps), scaled by n
         plan = tl.where(valid, tl.exp((f[:, None, :] + g[:, :, None] - cost) / eps), 0.0) * n
-    iters = tl.where(active, c, iters)
 
     tl.store(F + rows64[:, None] * n + ii[None, :], f, mask=nmask)
     gmask = rmask[:, None] & jmask[None, :]
     tl.store(G + rows64[:, None] * m + jj[None, :], g, mask=gmask)
-    tl.store(ITERS + rows, iters, mask=rmask)
 
     # -- outputs from the plan n T
     if OUT_KIND == 0:
@@ -413,7 +412,6 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
     z = torch.empty(R, n, device=dev, dtype=torch.float32)
     f = torch.empty(R, n, device=dev, dtype=torch.float32)
     g = torch.empty(R, m, device=dev, dtype=torch.float32)
-    iters = torch.empty(R, device=dev, dtype=torch.int32)
     if out is None:
         out = torch.empty((R,) + suffix, device=dev, dtype=torch.float32)
     if out.dtype != torch.float32 or not out.is_contiguous():
@@ -424,14 +422,13 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
         # squashed inputs give costs <= 1: the iteration domain follows from epsilon alone
         domain = (1 if 1.0 <= SCALING_MAX * float(epsilon) else 0) if squash else 2
         _sinkhorn_fwd_kernel[grid](
-            address(xf), address(z), address(f), address(g), address(out), address(iters), address(logb),
+            address(xf), address(z), address(f), address(g), address(out), address(logb),
             R, n, m, ncol, col0, float(epsilon), float(threshold), int(max_iter), float(SCALING_MAX),
             X_DTYPE=TL_DTYPES[xf.dtype], SQUASH=bool(squash), INIT_SORT=_uses_sort_init(kind, k, n),
             OUT_KIND=out_kind, FLIP=flip,
             DOMAIN=domain, ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
         )
     dt = x.dtype
-    sinkhorn_forward.last_iters = iters
     return out.to(dt), z.to(dt), f.to(dt), g.to(dt)
 
 
@@ -465,7 +462,7 @@ def sinkhorn_backward(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=Non
 def aot_variants():
     """Every constexpr variant the launchers use, with representative block shapes."""
     fwd_sig = {
-        "X": "i64", "Z": "i64", "F": "i64", "G": "i64", "OUT": "i64", "ITERS": "i64", "LOGB": "i64",
+        "X": "i64", "Z": "i64", "F": "i64", "G": "i64", "OUT": "i64", "LOGB": "i64",
         "R": "i32", "n": "i32", "m": "i32", "ncol": "i32", "col0": "i32",
         "eps": "fp32", "threshold": "fp32", "max_iter": "i32", "scaling_max": "fp32",
     }
