@@ -119,15 +119,12 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (kind, k, distribution, steepness, art_lambda, backend)
     ctx.has_init = init is not None
     ctx.need_grad = need_grad
-    ctx.x_shape = x.shape
 
 
 def _backward(ctx, gy, gS0, gW, gXIN, gSHIST):
     W, XIN, SHIST = ctx.saved_tensors
     if not ctx.need_grad:
         raise RuntimeError("fastsort: backward through a network op that was run without need_grad")
-    if ctx.x_shape[0] == 0:  # empty batch
-        return (W.new_zeros(ctx.x_shape),) + (None,) * 8
     gx = _network_backward(gy, gS0 if ctx.has_init else None, W, XIN, SHIST, *ctx.args)
     return gx, None, None, None, None, None, None, None, None
 
@@ -146,15 +143,14 @@ class _NetworkFunction(torch.autograd.Function):
         ctx.save_for_backward(W, XIN, SHIST)
         ctx.args = args
         ctx.has_init = init is not None
-        ctx.x_shape = x.shape
         return y, S0
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
     def backward(ctx, gy, gS0):
         W, XIN, SHIST = ctx.saved_tensors
-        if ctx.x_shape[0] == 0 or (gy is None and (gS0 is None or not ctx.has_init)):
-            return W.new_zeros(ctx.x_shape), None, None
+        if gy is None and (gS0 is None or not ctx.has_init):  # no output reached the loss
+            return None, None, None
         gx = _backward_impl(gy, gS0 if ctx.has_init else None, W, XIN, SHIST, *ctx.args)
         return gx, None, None
 

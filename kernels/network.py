@@ -259,19 +259,17 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     NP = next_pow2(n)
     x = aligned(x.to(torch.float32))
     y = torch.empty_like(x)
-    if R == 0:  # nothing to launch
-        C = 0 if init is None else init.shape[0]
-        return y, (None if init is None else x.new_empty((0, C, n))), (x.new_empty(0), x.new_empty(0), x.new_empty(0))
     save_w = need_grad or init is not None
     W = x.new_empty((R, D, n)) if save_w else x.new_empty(0)
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
     ROWS = rows_per_program(R, NP)
-    network_forward_kernel[(cdiv(R, ROWS),)](
-        address(x), address(y), address(W), address(XIN), address(table.lanes),
-        R, n, D, float(steepness), float(art_lambda),
-        DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
-        num_warps=num_warps(ROWS * NP, _PER_THREAD),
-    )
+    if R:  # an empty batch launches nothing; its buffers keep their shapes for the backward
+        network_forward_kernel[(cdiv(R, ROWS),)](
+            address(x), address(y), address(W), address(XIN), address(table.lanes),
+            R, n, D, float(steepness), float(art_lambda),
+            DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
+            num_warps=num_warps(ROWS * NP, _PER_THREAD),
+        )
     S0 = SHIST = None
     if init is not None:
         C = init.shape[0]
@@ -279,12 +277,13 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         S0 = x.new_empty((R, C, n))
         SHIST = x.new_empty((R, D, C, n)) if need_grad else x.new_empty(0)
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
-        network_sweep_kernel[(cdiv(R, ROWS_S), n_cprog)](
-            address(W), address(init), address(S0), address(SHIST), address(table.lanes),
-            R, n, D, C,
-            SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
-            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
-        )
+        if R:
+            network_sweep_kernel[(cdiv(R, ROWS_S), n_cprog)](
+                address(W), address(init), address(S0), address(SHIST), address(table.lanes),
+                R, n, D, C,
+                SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
+                num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
+            )
     return y, S0, (W, XIN, SHIST)
 
 
@@ -294,6 +293,8 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
     W, XIN, SHIST = saved
     R, D, n = XIN.shape
     NP = next_pow2(n)
+    if R == 0:  # an empty batch: nothing to launch
+        return XIN.new_empty((0, n))
     GW = None
     if gS0 is not None:
         C = gS0.shape[1]
