@@ -25,9 +25,19 @@ address (:func:`address`, after :func:`aligned` made sure it is contiguous and
 loads).  The launcher, not Triton, is then responsible for the device and the
 lifetime of the tensors: every launcher keeps them in local variables until the
 launch returns, and fastsort's dispatch only sends tensors of one device.
+
+Which GPU a kernel runs on
+--------------------------
+Triton launches on the *current* CUDA device and its current stream, whatever
+device the tensors live on.  Every launcher is therefore wrapped in
+:func:`on_tensor_device`, which makes the device of its first tensor argument
+current for the launch (a tensor on ``cuda:1`` while ``cuda:0`` is current would
+otherwise be read through device 0's address space).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -79,6 +89,36 @@ def num_warps(tile_elems: int, per_thread: int = 16) -> int:
         return 1
     w = max(1, min(16, tile_elems // (32 * per_thread)))
     return 1 << (w.bit_length() - 1)
+
+
+def device_guard(device: torch.device):
+    """A context making ``device`` the current CUDA device; a no-op for CPU tensors (the interpreter)
+    and when it already is current (the common case: no device switch on the hot path)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device.index)
+
+
+def _first_device(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+        if isinstance(a, (tuple, list)):
+            for t in a:
+                if isinstance(t, torch.Tensor):
+                    return t.device
+    raise TypeError("fastsort internal error: a kernel launcher was called without a tensor argument")
+
+
+def on_tensor_device(launcher):
+    """Decorator for kernel launchers: run them with the device of their first tensor argument
+    (searched in the positional arguments, one level into tuples) as the current CUDA device."""
+    @functools.wraps(launcher)
+    def wrapper(*args, **kwargs):
+        with device_guard(_first_device(args)):
+            return launcher(*args, **kwargs)
+
+    return wrapper
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:

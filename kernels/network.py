@@ -40,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import MAX_LANES, address, aligned, as_pointer, cdiv, next_pow2, num_warps, rows_per_program
+from .launch import MAX_LANES, address, aligned, as_pointer, cdiv, next_pow2, num_warps, on_tensor_device, \
+    rows_per_program
 from .relaxations import relax
 
 
@@ -247,6 +248,7 @@ def _sweep_blocks(R: int, C: int, NP: int):
     return 1, lines, cdiv(C, lines)
 
 
+@on_tensor_device
 def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_params, need_grad: bool):
     """Triton forward: ``(y, S0, saved)`` like ``fastsort._torch_network.network_apply``.
 
@@ -287,6 +289,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     return y, S0, (W, XIN, SHIST)
 
 
+@on_tensor_device
 def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Optional[torch.Tensor]):
     """Triton backward: ``dL/dx [R, n]`` from ``dL/dy`` and ``dL/dS0`` (either may be None)."""
     distribution, steepness, art_lambda = relax_params

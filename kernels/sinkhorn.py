@@ -56,7 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, next_pow2
+from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, next_pow2, on_tensor_device
 
 CHECK_EVERY = 10
 DUALSORT_MAX_ITER = 100
@@ -400,6 +400,7 @@ def _uses_sort_init(kind, k, n):
     return kind in ("sort", "perm") or (kind == "topk" and k == n)
 
 
+@on_tensor_device
 def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None, logb=None):
     """Run the fused forward. Returns ``(out, z, f, g)``; ``out`` may be passed pre-allocated,
     ``logb`` (float32 ``log b``) precomputed."""
@@ -432,6 +433,7 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
     return out.to(dt), z.to(dt), f.to(dt), g.to(dt)
 
 
+@on_tensor_device
 def sinkhorn_backward(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=None):
     """Fused implicit backward; returns ``dL/dx`` (dtype of ``x``)."""
     R, n = x.shape

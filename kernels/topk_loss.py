@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, column_block, interpreting, next_pow2, \
-    num_warps, rows_per_program
+    num_warps, on_tensor_device, rows_per_program
 from .network import comparator_adjoint, layer_lanes
 from .relaxations import relax
 
@@ -254,6 +254,7 @@ def _loss_table(table, v: torch.Tensor) -> torch.Tensor:
     return hit[2]
 
 
+@on_tensor_device
 def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_first: float, p_rest: float,
                   need_grad: bool):
     """``(out, idx)`` for ``logits [B, C]`` (any float dtype): ``out [B, 1 + m]`` float32 holds
@@ -288,6 +289,7 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     return out, (idx if need_grad else torch.empty((B, 0), device=dev, dtype=torch.int64))
 
 
+@on_tensor_device
 def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0: int = 0):
     """Dense ``dlogits [B, C]`` in ``dtype``: ``scale * grad_out * out[:, col0:col0 + m]`` at the columns
     ``idx [B, m]``, 0 elsewhere, in one launch (``grad_out``: a scalar or ``[B]`` tensor, any float dtype;

@@ -1,0 +1,81 @@
+"""Kernel launch plumbing (``fastsort.kernels.launch``): which device a launch runs on.
+
+Triton launches on the *current* CUDA device.  The launchers pass tensors as
+raw addresses, so nothing in Triton would notice tensors on another GPU: every
+launcher is wrapped in ``on_tensor_device``.  The guard's logic is tested here
+on any machine (with ``torch.cuda.current_device`` replaced); the end-to-end
+check needs two GPUs and is skipped otherwise.
+"""
+import contextlib
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import fastsort  # noqa: E402
+from fastsort.kernels import launch  # noqa: E402
+from fastsort.kernels import network as kn  # noqa: E402
+from fastsort.kernels import sinkhorn as ks  # noqa: E402
+from fastsort.kernels import topk_loss as ktl  # noqa: E402
+
+LAUNCHERS = (kn.network_apply, kn.network_apply_backward, ks.sinkhorn_forward, ks.sinkhorn_backward,
+             ktl.fused_forward, ktl.scatter_backward)
+
+
+@pytest.mark.parametrize("current, wanted, switches", [(0, 1, True), (1, 1, False), (0, None, False)])
+def test_device_guard_switches_only_when_needed(monkeypatch, current, wanted, switches):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    device = torch.device("cpu") if wanted is None else torch.device("cuda", wanted)
+    guard = launch.device_guard(device)
+    if switches:
+        assert isinstance(guard, torch.cuda.device) and guard.idx == wanted
+    else:
+        assert isinstance(guard, contextlib.nullcontext)
+
+
+def test_on_tensor_device_uses_the_first_tensor(monkeypatch):
+    seen = []
+    monkeypatch.setattr(launch, "device_guard", lambda d: seen.append(d) or contextlib.nullcontext())
+
+    @launch.on_tensor_device
+    def launcher(cfg, saved, y=None):
+        return cfg
+
+    meta = torch.empty(2, device="meta")
+    assert launcher(3, (None, meta)) == 3  # found one level into a tuple
+    assert seen == [meta.device]
+    with pytest.raises(TypeError, match="without a tensor"):
+        launcher(3, (None,), y=meta)
+
+
+@pytest.mark.parametrize("fn", LAUNCHERS, ids=lambda f: f.__name__)
+def test_every_launcher_is_guarded(fn):
+    assert getattr(fn, "__wrapped__", None) is not None, f"{fn.__name__} lacks @on_tensor_device"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_kernels_on_a_second_gpu_match_the_first():
+    """Tensors on cuda:1 while cuda:0 is current: every kernel family, forward and backward."""
+    torch.manual_seed(0)
+    x0 = torch.randn(64, 50, device="cuda:0")
+    y0 = torch.randint(0, 50, (64,), device="cuda:0")
+    G0 = torch.randn(64, 5, 50, device="cuda:0")
+
+    def run(dev):
+        x, y, G = (t.to(dev) for t in (x0, y0, G0))
+        out = []
+        for fn in (lambda v: (fastsort.soft_topk(v, 5, "bitonic") * G).sum(),
+                   lambda v: (fastsort.soft_topk(v, 5, "sinkhorn", epsilon=0.1) * G).sum(),
+                   lambda v: fastsort.TopKCrossEntropyLoss([0.5, 0.5], m=8)(v, y)):
+            v = x.clone().requires_grad_()
+            loss = fn(v)
+            loss.backward()
+            out += [loss.detach().cpu(), v.grad.cpu()]
+        return out
+
+    with torch.cuda.device(0):
+        ref = run("cuda:0")
+        other = run("cuda:1")
+    for a, b in zip(ref, other):
+        torch.testing.assert_close(b, a)
