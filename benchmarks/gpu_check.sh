@@ -15,8 +15,12 @@
 #    extra pytest arguments: $FASTSORT_PYTEST_ARGS (default "-x -q --durations=15");
 # 4. runs the benchmark table (even when tests failed) -> LOGDIR/bench.md, its
 #    progress and tracebacks -> LOGDIR/bench.log;
-# 5. prints a summary; exits 0 only when both the tests and the benchmark passed
+# 5. profiles the goal cases (kernel time vs host overhead, kernel table)
+#    -> LOGDIR/profile.log (`benchmarks/gpu_profile.py`; informative, not in the exit code);
+# 6. prints a summary; exits 0 only when both the tests and the benchmark passed
 #    (1 = tests failed, 2 = benchmark failed or had error rows, 3 = both).
+# Time limits (s): FASTSORT_TEST_TIMEOUT=300, FASTSORT_BENCH_TIMEOUT=240, FASTSORT_PROFILE_TIMEOUT=90
+# (0 skips the profile).
 set -u
 
 if [ "$#" -ne 1 ]; then
@@ -98,13 +102,23 @@ if [ "$BENCH_RC" -ne 0 ]; then
     tail -n 30 "$LOGDIR/bench.log"
 fi
 
+# ---------------------------------------------------------------- profile
+PROFILE_TIMEOUT=${FASTSORT_PROFILE_TIMEOUT:-90}
+if [ "$PROFILE_TIMEOUT" -gt 0 ]; then
+    echo "== profile: $PY benchmarks/gpu_profile.py -> profile.log"
+    timeout "$PROFILE_TIMEOUT" "$PY" benchmarks/gpu_profile.py >"$LOGDIR/profile.log" 2>&1
+    echo "profile rc=$? -- per step:"
+    grep -E '^(## |host us)' "$LOGDIR/profile.log" | paste - - || true
+fi
+T4=$(date +%s)
+
 # ---------------------------------------------------------------- summary
 echo
 echo "== summary"
 echo "tests:     rc=$TEST_RC in $((T2 - T1)) s -- $(grep -E '(passed|failed|error|skipped)' "$LOGDIR/tests.log" | tail -n 1)"
 echo "benchmark: rc=$BENCH_RC in $((T3 - T2)) s"
 grep -E '^- .*(PASS|FAIL|n/a)' "$LOGDIR/bench.md" || true
-echo "total $((T3 - T0)) s; logs: $LOGDIR/tests.log $LOGDIR/bench.md $LOGDIR/bench.log"
+echo "total $((T4 - T0)) s; logs: $LOGDIR/tests.log $LOGDIR/bench.md $LOGDIR/bench.log $LOGDIR/profile.log"
 RC=0
 [ "$TEST_RC" -ne 0 ] && RC=$((RC + 1))
 [ "$BENCH_RC" -ne 0 ] && RC=$((RC + 2))
