@@ -266,11 +266,12 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     XIN = x.new_empty((R, D, n)) if need_grad else x.new_empty(0)
     ROWS = rows_per_program(R, NP)
     if R:  # an empty batch launches nothing; its buffers keep their shapes for the backward
-        network_forward_kernel[(cdiv(R, ROWS),)](
+        grid = (cdiv(R, ROWS),)
+        network_forward_kernel[grid](
             address(x), address(y), address(W), address(XIN), address(table.lanes),
             R, n, D, float(steepness), float(art_lambda),
             DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
-            num_warps=num_warps(ROWS * NP, _PER_THREAD),
+            num_warps=num_warps(ROWS * NP, _PER_THREAD, grid[0]),
         )
     S0 = SHIST = None
     if init is not None:
@@ -279,12 +280,13 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         S0 = x.new_empty((R, C, n))
         SHIST = x.new_empty((R, D, C, n)) if need_grad else x.new_empty(0)
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
+        grid = (cdiv(R, ROWS_S), n_cprog)
         if R:
-            network_sweep_kernel[(cdiv(R, ROWS_S), n_cprog)](
+            network_sweep_kernel[grid](
                 address(W), address(init), address(S0), address(SHIST), address(table.lanes),
                 R, n, D, C,
                 SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
-                num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
+                num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD, grid[0] * grid[1]),
             )
     return y, S0, (W, XIN, SHIST)
 
@@ -304,22 +306,24 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         gS0 = aligned(gS0.to(torch.float32))
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         GW = (torch.zeros if n_cprog > 1 else torch.empty)((R, D, n), device=W.device, dtype=torch.float32)
-        network_sweep_backward_kernel[(cdiv(R, ROWS_S), n_cprog)](
+        grid = (cdiv(R, ROWS_S), n_cprog)
+        network_sweep_backward_kernel[grid](
             address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
             R, n, D, C,
             ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
-            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD),
+            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD, grid[0] * grid[1]),
         )
     gx = torch.empty((R, n), device=W.device, dtype=torch.float32)
     if gy is not None:
         gy = aligned(gy.to(torch.float32))
     ROWS = rows_per_program(R, NP)
-    network_backward_kernel[(cdiv(R, ROWS),)](
+    grid = (cdiv(R, ROWS),)
+    network_backward_kernel[grid](
         address(gy if gy is not None else gx), address(GW if GW is not None else W), address(W), address(XIN),
         address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
-        num_warps=num_warps(ROWS * NP, _PER_THREAD),
+        num_warps=num_warps(ROWS * NP, _PER_THREAD, grid[0]),
     )
     return gx
 

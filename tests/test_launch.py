@@ -79,3 +79,16 @@ def test_kernels_on_a_second_gpu_match_the_first():
         other = run("cuda:1")
     for a, b in zip(ref, other):
         torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("tile, per_thread, programs, warps", [
+    (1024, 8, None, 4),     # 8 elements per thread
+    (1024, 8, 256, 4),      # enough programs: unchanged
+    (1024, 8, 64, 16),      # B = 64 rows of n = 1024: 2 elements per thread
+    (64, 8, 1, 1),          # never fewer than one warp
+    (65536, 16, 1, 16),     # never more than 16
+    (3000, 16, None, 4),    # rounded down to a power of two (5 -> 4)
+])
+def test_num_warps(monkeypatch, tile, per_thread, programs, warps):
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    assert launch.num_warps(tile, per_thread, programs) == warps
