@@ -19,14 +19,23 @@ def interpreter_enabled() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when ``import triton`` works (checked once, lazily: no import-time side effect)."""
+def _triton_imports() -> bool:
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:  # pragma: no cover - depends on the platform
         return False
     return True
+
+
+@torch.compiler.assume_constant_result
+def triton_available() -> bool:
+    """True when ``import triton`` works (checked once, lazily: no import-time side effect).
+
+    A constant for ``torch.compile``: Dynamo calls it once while tracing instead of
+    tracing through the cached import check (which it warns about).
+    """
+    return _triton_imports()
 
 
 def resolve_backend(x: torch.Tensor, backend: str) -> str:
