@@ -26,7 +26,14 @@ at ``n = 1024``, checked in the SASS for sm_90 with triton 3.6 and 3.7).
 
 The forward writes the per-layer mixing weights ``W [R, D, n]`` and layer
 inputs ``XIN [R, D, n]`` once (only when a gradient is needed); the backward
-reads them instead of recomputing the network.
+reads them instead of recomputing the network.  Why not recompute: the
+backward walks the layers in reverse and needs each layer's input, and
+``D x n`` values per row do not fit in registers, so a recomputing backward
+would first rerun the forward writing the same ``XIN`` to scratch -- the same
+memory traffic plus a second chain of ``D`` dependent layers (the latency that
+bounds these kernels on small batches).  The cost of saving is activation
+memory: ``8 D n`` bytes per row (29 MB for B = 64 rows of n = 1024, bitonic
+D = 55), next to difftopk's dense ``n x n`` matrices per layer.
 
 Sweep tiles hold ``CB`` of the ``C`` columns of ``S^D`` per row ("lines").
 When ``C`` is split over several programs (the full permutation matrix), the
