@@ -31,3 +31,16 @@ def device():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def gpu_launch_configs(monkeypatch):
+    """Run the Triton launchers with the launch configurations they pick on a GPU (rows per
+    program, column blocks, warps) while the kernels stay in the interpreter: the constexpr
+    variants the GPU compiles are then checked on CPU too.  Pointless on CUDA (already real)."""
+    if DEVICE != "cpu":
+        pytest.skip("on CUDA the launchers use their GPU configurations anyway")
+    from fastsort.kernels import launch, topk_loss
+
+    for module in (launch, topk_loss):
+        monkeypatch.setattr(module, "interpreting", lambda: False)

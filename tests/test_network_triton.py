@@ -211,6 +211,15 @@ def test_networks(op, method, n, k, device, kernel_calls):
     check_vs_torch(op_fn(op, method, k), scores(5, n), device, kernel_calls)  # defaults: cauchy, steepness 10
 
 
+@pytest.mark.parametrize("op,method,k", [("topk", "bitonic", 5), ("topk", "splitter_selection", 5),
+                                         ("perm", "odd_even", None), ("rank", "bitonic", None)])
+def test_gpu_launch_configuration(op, method, k, gpu_launch_configs, device, kernel_calls):
+    """The GPU's launch configuration run by the interpreter: one row per program (3 rows < 256
+    programs) and, for the sweeps, one line per program (split columns, atomic gW)."""
+    assert launch.rows_per_program(3, 64) == 1 and kn._sweep_blocks(3, 5, 64) == (1, 1, 5)
+    check_vs_torch(op_fn(op, method, k), scores(3, 33), device, kernel_calls)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # exp(-v) of saturated sigmoids
 def test_n_equals_k_and_steep(device, kernel_calls):
     """``k == n`` (every position) with near-hard comparators (large steepness)."""

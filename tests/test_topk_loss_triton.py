@@ -205,6 +205,17 @@ def test_many_classes(device, kernel_calls):
     check_vs_torch(logits, labels, device, kernel_calls, p_k=[0.5, 0.0, 0.0, 0.0, 0.5], method="bitonic", m=12)
 
 
+@pytest.mark.parametrize("method,mode,C", [("bitonic", "sm", 1000), ("splitter_selection", "smce", 2100)])
+def test_gpu_launch_configuration(method, mode, C, gpu_launch_configs, device, kernel_calls):
+    """The GPU's launch configuration (one row per program, 1024-column blocks: C = 2100 is two full
+    blocks and a partial one) run by the interpreter, against the torch backend."""
+    assert ktl._config(3, C, 16)[:2] == (1, 1024)  # the GPU configuration is in effect
+    logits, labels = batch(C, b=3)
+    logits[0, [3, C // 2, C - 1]] += 8.0  # large logits in different blocks
+    check_vs_torch(logits, labels, device, kernel_calls, p_k=[0.5, 0.0, 0.0, 0.0, 0.5], method=method, m=16,
+                   top1_mode=mode)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("method,mode", [("bitonic", "sm"), ("splitter_selection", "smce")])
 def test_half_logits(dtype, method, mode, device, kernel_calls):
