@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import _torch_network as _tn
-from .networks import get_network
+from .networks import get_network, network_depth
 
 
 class Relaxation(NamedTuple):
@@ -83,7 +83,7 @@ def _network_forward(
 @_network_forward.register_fake
 def _(x, init, kind, k, distribution, steepness, art_lambda, backend, need_grad):
     R, n = x.shape
-    D = _table(kind, n, "cpu", k).depth
+    D = network_depth(kind, int(n), k if k > 0 else None)  # no tensors here: this runs under a fake mode
     C = 0 if init is None else init.shape[0]
     # saved-state layouts: torch backend [D, R, ...], Triton kernels [R, D, ...]
     weights = (2, D, R, n) if backend == "torch" else (R, D, n)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -189,7 +190,10 @@ class NetworkTable:
 
 @functools.lru_cache(maxsize=256)
 def _build_cpu(kind: str, n: int, k: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    layers = network_layers(kind, n, k)
+    return _build_tables(network_layers(kind, n, k), n)
+
+
+def _build_tables(layers, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     depth = max(len(layers), 1)
     partner = torch.arange(n, dtype=torch.int32).repeat(depth, 1)
     desc = torch.zeros(depth, n, dtype=torch.bool)
@@ -200,25 +204,66 @@ def _build_cpu(kind: str, n: int, k: Optional[int]) -> Tuple[torch.Tensor, torch
     return partner, desc
 
 
+def _as_count(v):
+    """``v`` as an int, or None if it is not integral (bools are not counts)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def network_depth(kind: str, n: int, k: Optional[int] = None) -> int:
+    """``D``, the number of layers of :func:`get_network`'s table, without building tensors (what the
+    custom ops' fake implementations need: a table built under a fake mode must not be cached)."""
+    return max(len(network_layers(kind, n, k if kind == "splitter_selection" else None)), 1)
+
+
 _DEVICE_CACHE: Dict[Tuple[str, int, Optional[int], str], NetworkTable] = {}
 
 
 def get_network(kind: str, n: int, device="cpu", k: Optional[int] = None) -> NetworkTable:
     """Build (once) and cache the table of network ``kind`` on ``device``.
 
-    ``k`` is only used by ``splitter_selection`` (the other networks sort
-    fully, whatever ``k``).  A network with no comparator (``n == 1``) has one
-    pass-through layer so that every consumer sees ``D >= 1``.
+    Args:
+        kind: ``"odd_even"``, ``"bitonic"`` or ``"splitter_selection"``.
+        n: number of wires (an int >= 1; bitonic pads to a power of two internally).
+        device: where the table's tensors live.
+        k: only for ``splitter_selection`` (1 <= k <= n: the network places the top k); the other
+            networks sort fully, whatever ``k``.
+
+    Returns:
+        A :class:`NetworkTable`: ``partner [D, n]`` (the wire each wire is compared with in each of
+        the ``D`` layers; itself = pass through) and ``desc [D, n]``.  A network with no comparator
+        (``n == 1``) has one pass-through layer so that every consumer sees ``D >= 1``.
+
+    Example::
+
+        >>> t = fastsort.get_network("bitonic", 4)
+        >>> t.depth, t.partner.tolist()
+        (3, [[1, 0, 3, 2], [2, 3, 0, 1], [1, 0, 3, 2]])
     """
+    n_in, n = n, _as_count(n)  # an int (a shape's SymInt while torch.compile traces)
+    if n is None or n < 1:
+        raise ValueError(f"n must be an int >= 1 (the number of wires), got {n_in!r}")
     if kind != "splitter_selection":
         k = None
+    else:
+        k_in, k = k, _as_count(k)
+        if k is None or not 1 <= k <= n:
+            raise ValueError(f"splitter_selection needs an int k with 1 <= k <= n = {n}, got k={k_in!r}")
     device = torch.device(device)
     key = (kind, n, k, str(device))
-    table = _DEVICE_CACHE.get(key)
+    # while torch.compile traces, tensors made here may be fake ones: build, but cache nothing
+    compiling = torch.compiler.is_compiling()
+    table = None if compiling else _DEVICE_CACHE.get(key)
     if table is None:
-        partner, desc = _build_cpu(kind, n, k)
+        partner, desc = _build_tables(network_layers(kind, n, k), n) if compiling else _build_cpu(kind, n, k)
         lanes = partner | (desc.to(torch.int32) << 16)  # n <= 2**16 for every kernel size
         table = NetworkTable(kind, n, k, partner.to(device), partner.long().to(device), desc.to(device),
                              lanes.to(device))
-        _DEVICE_CACHE[key] = table
+        if not compiling:
+            _DEVICE_CACHE[key] = table
     return table

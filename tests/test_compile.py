@@ -63,3 +63,51 @@ def test_compiled_training_step_matches_eager(device, backend):
     assert "fastsort.network_forward.default" in targets, sorted(targets)
     if backend == "triton":  # the fused top-k loss kernel (the torch backend's loss is plain torch ops)
         assert "fastsort.topk_ce_fused.default" in targets, sorted(targets)
+
+
+_FRESH_PROCESS_SCRIPT = r"""
+import json, sys
+import torch, fastsort
+
+backend, device = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+crit = fastsort.TopKCrossEntropyLoss([0.5, 0.0, 0.5], m=7, inverse_temperature=2.0, backend=backend)
+
+def step(logits, labels):
+    loss = crit(logits, labels)
+    top = fastsort.soft_topk(logits, 3, "bitonic", backend=backend, steepness=2.0)
+    ranks = fastsort.soft_rank(logits, "odd_even", backend=backend, steepness=2.0)
+    return loss + 0.1 * (top * logits.unsqueeze(1)).sum() + 0.01 * ranks.sum()
+
+compiled = torch.compile(step, fullgraph=True)
+out = []
+for B in (6, 9, 4):  # the second batch size recompiles with a dynamic batch dimension
+    x, y = torch.randn(B, 20, device=device), torch.randint(0, 20, (B,), device=device)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    compiled(a, y).backward()  # compiled first: nothing of fastsort is cached yet
+    step(b, y).backward()
+    out.append([B, (a.grad - b.grad).abs().max().item(), b.grad.abs().max().item()])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compiled_first_in_a_fresh_process_with_new_batch_sizes(device, backend):
+    """A model compiled before any eager fastsort call (empty caches: the custom ops' fake
+    implementations must not build and cache tensors under a fake mode, which once poisoned the
+    network-table cache), then called with new batch sizes (automatic dynamic shapes recompile)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if device.type == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_SCRIPT, backend, str(device)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r[0] for r in rows] == [6, 9, 4]
+    for B, diff, scale in rows:
+        assert scale > 0 and diff <= 1e-5 * max(1.0, scale), (B, diff, scale)

@@ -146,6 +146,25 @@ def test_splitter_selection_k_out_of_range(k):
         networks.splitter_selection_layers(8, k)
 
 
+@pytest.mark.parametrize("kind,n,k,match", [
+    ("bitonic", 0, None, "n must be an int >= 1"),
+    ("odd_even", 4.5, None, "n must be an int >= 1"),
+    ("bitonic", True, None, "n must be an int >= 1"),
+    ("splitter_selection", 8, None, "1 <= k <= n = 8, got k=None"),
+    ("splitter_selection", 8, 9, "1 <= k <= n = 8, got k=9"),
+    ("splitter_selection", 8, 2.0, "got k=2.0"),
+    ("heap", 8, None, "unknown network kind 'heap'"),
+])
+def test_get_network_bad_arguments(kind, n, k, match):
+    with pytest.raises(ValueError, match=match):
+        fastsort.get_network(kind, n, k=k)
+
+
+def test_get_network_docstring_example():
+    t = fastsort.get_network("bitonic", 4)
+    assert (t.depth, t.partner.tolist()) == (3, [[1, 0, 3, 2], [2, 3, 0, 1], [1, 0, 3, 2]])
+
+
 # --------------------------------------------------------------------------- integer tables
 TABLE_CASES = (
     [("odd_even", n, None) for n in (2, 3, 8, 13)]
