@@ -88,6 +88,7 @@ NaN in a row gives NaN out for that row (the row stops at its first check).
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -338,39 +339,108 @@ def backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash):
 # ----------------------------------------------------------------------------
 
 
+def _n_targets(kind: str, n: int, k) -> int:
+    """``m``, the number of target bins of an operator (the length of its ``b``)."""
+    if kind == "topk" and k < n:
+        return k + 1
+    return 2 if kind == "mask" else n
+
+
+def _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend):
+    """``(out, z, f, g, backend used)``: the operator's output, the squashed inputs and the potentials."""
+    n = x.shape[1]
+    b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
+    if backend == "triton" and not _kernels().supports(n, b.shape[0]):
+        backend = "torch"  # the register-tile kernels hold n x m per row; larger rows use the reference
+    if backend == "triton":
+        out, z, f, g = _kernels().sinkhorn_forward(
+            x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash,
+            logb=logb,
+        )
+    else:
+        z = squash_forward(x, squash)
+        f0 = dualsort_init_torch(z, t) if _uses_sort_init(kind, k, n) else None
+        f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
+        out = _outputs_from_plan(kind, _plan(z, t, f, g, epsilon), x, n, k)
+    return out, z, f, g, backend
+
+
+def _backward_impl(grad, x, z, f, g, kind, k, epsilon, squash, backend):
+    """``dL/dx`` by implicit differentiation at the potentials ``f, g`` (``backend`` as used forward)."""
+    n = x.shape[1]
+    b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
+    grad = grad.contiguous()
+    if backend == "triton":
+        return _kernels().sinkhorn_backward(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash,
+                                            logb=logb)
+    return backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash)
+
+
 class _SinkhornFunction(torch.autograd.Function):
+    """Eager mode: one Function for both backends (``torch.compile`` uses the custom ops below)."""
+
     @staticmethod
     def forward(ctx, x, kind, k, epsilon, max_iter, threshold, squash, backend):
-        n = x.shape[1]
-        b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
-        if backend == "triton" and not _kernels().supports(n, b.shape[0]):
-            backend = "torch"  # the register-tile kernels hold n x m per row; larger rows use the reference
-        if backend == "triton":
-            out, z, f, g = _kernels().sinkhorn_forward(
-                x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash,
-                logb=logb,
-            )
-        else:
-            z = squash_forward(x, squash)
-            f0 = dualsort_init_torch(z, t) if _uses_sort_init(kind, k, n) else None
-            f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
-            out = _outputs_from_plan(kind, _plan(z, t, f, g, epsilon), x, n, k)
-        ctx.save_for_backward(x, z, f, g, b, t, logb)
+        out, z, f, g, backend = _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend)
+        ctx.save_for_backward(x, z, f, g)
         ctx.cfg = (kind, k, epsilon, squash, backend)
         return out
 
     @staticmethod
     @once_differentiable  # the implicit backward is not itself differentiable: raise, never a silent 0
     def backward(ctx, grad):
-        x, z, f, g, b, t, logb = ctx.saved_tensors
-        kind, k, epsilon, squash, backend = ctx.cfg
-        grad = grad.contiguous()
-        if backend == "triton":
-            dx = _kernels().sinkhorn_backward(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash,
-                                              logb=logb)
-        else:
-            dx = backward_torch(kind, grad, x, z, t, b, f, g, epsilon, x.shape[1], k, squash)
+        x, z, f, g = ctx.saved_tensors
+        dx = _backward_impl(grad, x, z, f, g, *ctx.cfg)
         return dx, None, None, None, None, None, None, None
+
+
+# The same computation as custom ops, for torch.compile: opaque to the tracer (the iterations stop
+# on data-dependent convergence, and the Triton launchers pass raw addresses), with shapes from
+# the fake implementations.  ``k = 0`` stands for "no k".
+
+
+@torch.library.custom_op("fastsort::sinkhorn_forward", mutates_args=())
+def _sinkhorn_forward_op(x: torch.Tensor, kind: str, k: int, epsilon: float, max_iter: int, threshold: float,
+                         squash: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, z, f, g, _ = _forward_impl(x, kind, k or None, epsilon, max_iter, threshold, squash, backend)
+    return out.contiguous(), z, f, g  # the torch path's plan columns are a transposed view
+
+
+@_sinkhorn_forward_op.register_fake
+def _(x, kind, k, epsilon, max_iter, threshold, squash, backend):
+    R, n = x.shape
+    m = _n_targets(kind, n, k or None)
+    suffix = {"sort": (n,), "rank": (n,), "mask": (n,), "perm": (n, n), "topk": (k, n)}[kind]
+    return x.new_empty((R,) + suffix), x.new_empty((R, n)), x.new_empty((R, n)), x.new_empty((R, m))
+
+
+@torch.library.custom_op("fastsort::sinkhorn_backward", mutates_args=())
+def _sinkhorn_backward_op(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+                          kind: str, k: int, epsilon: float, squash: bool, backend: str) -> torch.Tensor:
+    n = x.shape[1]
+    if backend == "triton" and not _kernels().supports(n, _n_targets(kind, n, k or None)):
+        backend = "torch"  # as the forward decided
+    return _backward_impl(grad, x, z, f, g, kind, k or None, epsilon, squash, backend)
+
+
+@_sinkhorn_backward_op.register_fake
+def _(grad, x, z, f, g, kind, k, epsilon, squash, backend):
+    return torch.empty_like(x)
+
+
+def _sinkhorn_setup_context(ctx, inputs, output):
+    x, kind, k, epsilon, max_iter, threshold, squash, backend = inputs
+    _, z, f, g = output
+    ctx.save_for_backward(x, z, f, g)
+    ctx.cfg = (kind, k, epsilon, squash, backend)
+
+
+def _sinkhorn_op_backward(ctx, grad, gz, gf, gg):
+    x, z, f, g = ctx.saved_tensors
+    return _sinkhorn_backward_op(grad, x, z, f, g, *ctx.cfg), None, None, None, None, None, None, None
+
+
+_sinkhorn_forward_op.register_autograd(_sinkhorn_op_backward, setup_context=_sinkhorn_setup_context)
 
 
 def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend):
@@ -387,7 +457,10 @@ def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend):
     if kind == "topk" and k == n:
         k = n  # full sort, m = n targets of weight 1/n
     x = x.contiguous()
-    return _SinkhornFunction.apply(x, kind, k, float(epsilon), int(max_iter), float(threshold), bool(squash), backend)
+    args = (kind, k, float(epsilon), int(max_iter), float(threshold), bool(squash), backend)
+    if torch.compiler.is_compiling():
+        return _sinkhorn_forward_op(x, kind, int(k or 0), *args[2:])[0]
+    return _SinkhornFunction.apply(x, *args)
 
 
 def sinkhorn_sort(x, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
