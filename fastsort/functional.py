@@ -21,6 +21,7 @@ import torch
 from ._autograd import Relaxation, network_apply
 from ._dispatch import resolve_backend
 from ._torch_softmax_sorts import neuralsort_rows, softsort_rows
+from ._validate import as_int, as_real
 from .relaxations import DISTRIBUTIONS
 
 __all__ = ["METHODS", "soft_sort", "soft_topk", "soft_rank", "soft_permutation", "soft_topk_mask"]
@@ -81,9 +82,7 @@ def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_class
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
+    value = as_real(value, name)
     if not value > 0 or math.isinf(value):
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
@@ -102,9 +101,7 @@ def parse_params(method: str, params: Dict[str, Any]) -> Dict[str, Any]:
         out["steepness"] = _positive("steepness", out["steepness"])
         if out["distribution"] not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {out['distribution']!r}")
-        if isinstance(out["art_lambda"], bool) or not isinstance(out["art_lambda"], (int, float)):
-            raise TypeError(f"art_lambda must be a number, got {type(out['art_lambda']).__name__}")
-        out["art_lambda"] = float(out["art_lambda"])
+        out["art_lambda"] = as_real(out["art_lambda"], "art_lambda")
     elif method in SOFTMAX_METHODS:
         out["tau"] = _positive("tau", out["tau"])
         if method == "softsort":
@@ -122,8 +119,7 @@ def check_input(x, name: str = "x") -> None:
 
 
 def check_k(k, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = as_int(k, "k")
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= n (the size of the sorted dim, {n}), got k={k}")
     return k
@@ -135,8 +131,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _flatten(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    dim = as_int(dim, "dim")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim={dim} is out of range for a tensor with {x.dim()} dimensions")
     xm = x.movedim(dim, -1)
@@ -289,7 +284,7 @@ def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1
     """
     p, x2, lead, be = _start(x, method, "soft_topk", dim, backend, params)
     n = x2.shape[-1]
-    check_k(k, n)
+    k = check_k(k, n)
     P = _rows_desc(x2, k, method, p, be)
     return P.reshape(lead + (k, n)).to(x.dtype)
 
@@ -356,7 +351,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
     """
     p, x2, lead, be = _start(x, method, "soft_topk_mask", dim, backend, params)
     n = x2.shape[-1]
-    check_k(k, n)
+    k = check_k(k, n)
     if method == "sinkhorn":
         from . import sinkhorn
 

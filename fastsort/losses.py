@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
+from ._validate import as_int, as_real
 from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_label_range, check_method,
                          check_reduction, kernel_backend, parse_params, reduce_loss, sweep_init)
 
@@ -98,8 +99,8 @@ def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], metho
 
 
 def _method_params(method, inverse_temperature, distribution, art_lambda):
-    if isinstance(inverse_temperature, bool) or not isinstance(inverse_temperature, (int, float)) \
-            or not inverse_temperature > 0 or math.isinf(inverse_temperature):
+    inverse_temperature = as_real(inverse_temperature, "inverse_temperature")
+    if not inverse_temperature > 0 or math.isinf(inverse_temperature):
         raise ValueError(f"inverse_temperature must be a finite number > 0, got {inverse_temperature!r}")
     if method in NETWORK_METHODS:
         return parse_params(method, dict(steepness=inverse_temperature, distribution=distribution,
@@ -156,7 +157,8 @@ def topk_cross_entropy(
     B, C = logits.shape
     K = len(p)
     if m is not None:
-        if isinstance(m, bool) or not isinstance(m, int) or not K < m < C:
+        m = as_int(m, "m")
+        if not K < m < C:
             raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
@@ -200,8 +202,10 @@ class TopKCrossEntropyLoss(torch.nn.Module):
             raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
         check_reduction(reduction)
         _method_params(method, inverse_temperature, distribution, art_lambda)
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m <= len(self.p_k)):
-            raise ValueError(f"m must be an int > K = len(p_k) = {len(self.p_k)}, got {m!r}")
+        if m is not None:
+            m = as_int(m, "m")
+            if m <= len(self.p_k):
+                raise ValueError(f"m must be an int > K = len(p_k) = {len(self.p_k)}, got {m!r}")
         self.method, self.m, self.inverse_temperature = method, m, inverse_temperature
         self.distribution, self.art_lambda = distribution, art_lambda
         self.top1_mode, self.reduction, self.backend = top1_mode, reduction, backend

@@ -93,6 +93,8 @@ from typing import Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._validate import as_int, as_real
+
 __all__ = [
     "DEFAULT_MAX_ITER",
     "sinkhorn_sort",
@@ -130,17 +132,17 @@ def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None):
         raise ValueError(f"x must be a 2-D tensor [rows, n], got {getattr(x, 'shape', type(x))}")
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+    if not (as_real(epsilon, "epsilon") > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if as_int(max_iter, "max_iter") < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-    if not (isinstance(threshold, (int, float)) and threshold > 0):
+    if not as_real(threshold, "threshold") > 0:
         raise ValueError(f"threshold must be a number > 0, got {threshold!r}")
     n = x.shape[1]
     if n < 1:
         raise ValueError("x must have at least one element per row (n >= 1)")
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int) or not (1 <= k <= n):
+        if not (1 <= as_int(k, "k") <= n):
             raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
 
 

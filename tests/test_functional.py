@@ -503,3 +503,17 @@ def test_double_backward_raises(method):
     # the second one raises
     with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiate twice"):
         torch.autograd.grad(g.sum(), x)
+
+
+def test_numpy_scalars_are_accepted():
+    """NumPy integers and floats (e.g. from a config array) work like Python numbers, as in torch."""
+    np = pytest.importorskip("numpy")
+    x = torch.randn(3, 6)
+    ref = fastsort.soft_topk(x, 2, "sinkhorn", epsilon=0.1, max_iter=50)
+    got = fastsort.soft_topk(x, np.int64(2), "sinkhorn", epsilon=np.float32(0.1), max_iter=np.int32(50))
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(fastsort.soft_sort(x, dim=np.int64(0), steepness=np.float32(2.0)),
+                               fastsort.soft_sort(x, dim=0, steepness=2.0))
+    labels = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(fastsort.TopKCrossEntropyLoss([0.5, 0.5], m=np.int64(4))(x, labels),
+                               fastsort.TopKCrossEntropyLoss([0.5, 0.5], m=4)(x, labels))

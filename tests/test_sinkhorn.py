@@ -199,7 +199,6 @@ def test_k_equal_n(k):
         (dict(epsilon=0.0), "epsilon"),
         (dict(epsilon=-1.0), "epsilon"),
         (dict(max_iter=0), "max_iter"),
-        (dict(max_iter=2.5), "max_iter"),
         (dict(threshold=0.0), "threshold"),
         (dict(k=0), "k must"),
         (dict(k=6), "k must"),
@@ -211,6 +210,21 @@ def test_bad_inputs(kwargs, match):
     k = kwargs.pop("k", 2)
     with pytest.raises(ValueError, match=match):
         S.sinkhorn_topk(x, k, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_iter=2.5), "max_iter must be an int, got float 2.5"),
+    (dict(max_iter=True), "max_iter must be an int, got a bool"),
+    (dict(epsilon="0.1"), "epsilon must be a number, got str"),
+    (dict(threshold=None), "threshold must be a number, got NoneType"),
+    (dict(k=2.0), "k must be an int, got float 2.0"),
+])
+def test_wrong_argument_types(kwargs, match):
+    x = torch.randn(2, 5)
+    k = kwargs.pop("k", 2)
+    with pytest.raises(TypeError, match=match):
+        S.sinkhorn_topk(x, k, **kwargs)
+
 
 
 def test_bad_shape_and_dtype():
