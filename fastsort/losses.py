@@ -68,6 +68,8 @@ def _check_logits_labels(logits, labels):
         raise TypeError(f"labels must be an integer tensor of class indices, got {getattr(labels, 'dtype', type(labels))}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
+    if labels.device != logits.device:  # the kernels would read a host address on the GPU
+        raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
     check_label_range(labels, logits.shape[1])
 
 
