@@ -133,7 +133,9 @@ out = {}
 for tid, fn, sig, const in network.aot_variants():
     if "cauchy" in tid or "sweep" in tid:
         const = dict(const, NP=1024, **({"ROWS": 1} if "ROWS" in const else {}))
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32))
+        # 16 warps: what the launchers pick for such rows on a small grid (e.g. B = 64)
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": 16})
         ranks = [len(shape.split("x")) - 1 for shape in re.findall(r'"?tt\.gather"?.*?-> tensor<([0-9x]+)', k.asm["ttir"])]
         out[tid] = ranks
 print(json.dumps(out))
@@ -144,7 +146,8 @@ def test_network_kernels_gather_in_one_dimension():
     """The network kernels' ``tl.gather`` must act on flat 1-D tiles: Triton lowers a 1-D gather through
     shared memory, but gives a gather along an axis of a 2-D tensor a warp-local layout with
     ``(n / 32)^2`` shuffles per thread (1024 per layer at n = 1024, the cause of a 25x slowdown found in
-    the sm_90 SASS).  Compiles the variants at n = 1024 and reads the gathers' result types."""
+    the sm_90 SASS).  Compiles the variants at n = 1024 (one row, 16 warps: the launch configuration
+    of a small batch) and reads the gathers' result types."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _GATHER_PROBE], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
