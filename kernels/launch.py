@@ -83,20 +83,25 @@ def column_block(n_cols: int) -> int:
     return min(next_pow2(n_cols), 4096 if interpreting() else 1024)
 
 
-def num_warps(tile_elems: int, per_thread: int = 16, programs: int | None = None) -> int:
-    """Warps for a tile: ``per_thread`` elements per thread (1 warp per 512 by default), 1 to 16 warps.
+def num_warps(tile_elems: int, per_thread: int = 16, programs: int | None = None,
+              max_per_thread: int = 16) -> int:
+    """Warps for a tile: ``per_thread`` elements per thread (1 warp per 512 by default), 1 to 16
+    warps -- or up to 32 when 16 would put more than ``max_per_thread`` elements on a thread.
 
     With a grid of ``programs`` smaller than ``MIN_PROGRAMS`` most SMs idle anyway and each
     program's time is the latency of its chain of dependent steps (a network's layers, each
     behind a barrier): the tile is then spread over 4x more warps (down to 2 elements per
     thread), which cuts the per-thread work of every step ~3x (sm_90 SASS of the network
     forward at n = 1024: 648 instructions per thread with 4 warps, 216 with 16).
+    ``max_per_thread`` bounds the registers: the network backward holds 16 elements per thread
+    at n = 8192 with 16 warps and spills (58 local loads/stores in its sm_90 SASS); 32 warps, 4.
     """
     if interpreting():
         return 1
     if programs is not None and programs < MIN_PROGRAMS:
         per_thread = max(2, per_thread // 4)
     w = max(1, min(16, tile_elems // (32 * per_thread)))
+    w = min(32, max(w, tile_elems // (32 * max_per_thread)))
     return 1 << (w.bit_length() - 1)
 
 

@@ -233,6 +233,11 @@ def network_backward_kernel(
 _PER_THREAD = 8
 
 
+def _warps(tile: int, programs: int) -> int:
+    """Warps of a network kernel: 8 elements per thread, fewer on small grids, never more than 8."""
+    return num_warps(tile, _PER_THREAD, programs, max_per_thread=_PER_THREAD)
+
+
 def _dist_code(distribution: str) -> int:
     from ..relaxations import DISTRIBUTION_CODES
 
@@ -278,7 +283,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
             address(x), address(y), address(W), address(XIN), address(table.lanes),
             R, n, D, float(steepness), float(art_lambda),
             DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
-            num_warps=num_warps(ROWS * NP, _PER_THREAD, grid[0]),
+            num_warps=_warps(ROWS * NP, grid[0]),
         )
     S0 = SHIST = None
     if init is not None:
@@ -293,7 +298,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
                 address(W), address(init), address(S0), address(SHIST), address(table.lanes),
                 R, n, D, C,
                 SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
-                num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD, grid[0] * grid[1]),
+                num_warps=_warps(ROWS_S * CB * NP, grid[0] * grid[1]),
             )
     return y, S0, (W, XIN, SHIST)
 
@@ -318,7 +323,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
             address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
             R, n, D, C,
             ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
-            num_warps=num_warps(ROWS_S * CB * NP, _PER_THREAD, grid[0] * grid[1]),
+            num_warps=_warps(ROWS_S * CB * NP, grid[0] * grid[1]),
         )
     gx = torch.empty((R, n), device=W.device, dtype=torch.float32)
     if gy is not None:
@@ -330,7 +335,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
         DIST=_dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
-        num_warps=num_warps(ROWS * NP, _PER_THREAD, grid[0]),
+        num_warps=_warps(ROWS * NP, grid[0]),
     )
     return gx
 

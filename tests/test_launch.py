@@ -86,9 +86,22 @@ def test_kernels_on_a_second_gpu_match_the_first():
     (1024, 8, 256, 4),      # enough programs: unchanged
     (1024, 8, 64, 16),      # B = 64 rows of n = 1024: 2 elements per thread
     (64, 8, 1, 1),          # never fewer than one warp
-    (65536, 16, 1, 16),     # never more than 16
+    (65536, 16, 1, 32),     # never more than 32 (16 would hold 128 per thread)
     (3000, 16, None, 4),    # rounded down to a power of two (5 -> 4)
+    (4096, 16, None, 8),    # the scatter kernel's largest tile
 ])
 def test_num_warps(monkeypatch, tile, per_thread, programs, warps):
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     assert launch.num_warps(tile, per_thread, programs) == warps
+
+
+@pytest.mark.parametrize("tile, programs, warps", [
+    (8192, 4096, 32),   # n = 8192: 16 warps would hold 16 elements per thread (spills): 32
+    (8192, 1, 32),
+    (4096, 1, 16),
+    (2048, 64, 16),     # small grid, 2 per thread would be 32 warps: capped at 16
+    (1024, 1024, 4),
+])
+def test_network_kernel_warps(monkeypatch, tile, programs, warps):
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    assert kn._warps(tile, programs) == warps
