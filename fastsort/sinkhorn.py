@@ -348,12 +348,18 @@ def _n_targets(kind: str, n: int, k) -> int:
     return 2 if kind == "mask" else n
 
 
+def _backend_for(backend: str, kind: str, n: int, k) -> str:
+    """The register-tile kernels hold a row's ``n x m`` plan: larger rows run on the torch reference."""
+    if backend == "triton" and not _kernels().supports(n, _n_targets(kind, n, k)):
+        return "torch"
+    return backend
+
+
 def _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend):
     """``(out, z, f, g, backend used)``: the operator's output, the squashed inputs and the potentials."""
     n = x.shape[1]
     b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
-    if backend == "triton" and not _kernels().supports(n, b.shape[0]):
-        backend = "torch"  # the register-tile kernels hold n x m per row; larger rows use the reference
+    backend = _backend_for(backend, kind, n, k)
     if backend == "triton":
         out, z, f, g = _kernels().sinkhorn_forward(
             x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash,
@@ -419,9 +425,7 @@ def _(x, kind, k, epsilon, max_iter, threshold, squash, backend):
 @torch.library.custom_op("fastsort::sinkhorn_backward", mutates_args=())
 def _sinkhorn_backward_op(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
                           kind: str, k: int, epsilon: float, squash: bool, backend: str) -> torch.Tensor:
-    n = x.shape[1]
-    if backend == "triton" and not _kernels().supports(n, _n_targets(kind, n, k or None)):
-        backend = "torch"  # as the forward decided
+    backend = _backend_for(backend, kind, x.shape[1], k or None)  # as the forward decided
     return _backward_impl(grad, x, z, f, g, kind, k or None, epsilon, squash, backend)
 
 
