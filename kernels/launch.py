@@ -53,8 +53,14 @@ TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
              torch.float64: tl.float64}
 
 
+#: whether ``@triton.jit`` made the kernels interpreted: Triton reads ``TRITON_INTERPRET`` when
+#: the kernel modules are imported (with this one), so a later change of the variable changes nothing
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when the kernels run in Triton's interpreter (the launch heuristics differ there)."""
+    return _INTERPRETING
 
 
 def next_pow2(n: int) -> int:
