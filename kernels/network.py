@@ -168,15 +168,20 @@ def network_sweep_kernel(
 @triton.jit
 def network_sweep_backward_kernel(
     GS0, W, SHIST, GW, LANES,
-    R, n, D, C,
+    R, n, D, C, PART,
     ATOMIC: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
 ):
-    """Adjoint of the sweep: ``GW [R, D, n]`` (summed over the ``C`` columns)."""
+    """Adjoint of the sweep: ``GW [R, D, n]`` (summed over the ``C`` columns).
+
+    With the columns split over several programs (``program_id(1)``), either all add into
+    ``GW`` (``ATOMIC``) or, for deterministic results, each writes its own partial ``GW`` at
+    ``GW + program_id(1) * PART`` and the launcher sums them."""
     GS0, W, SHIST, GW = as_pointer(GS0, tl.float32), as_pointer(W, tl.float32), as_pointer(SHIST, tl.float32), \
         as_pointer(GW, tl.float32)
     LANES = as_pointer(LANES, tl.int32)
-    pid = tl.program_id(0)
-    rows, c, lane, base, lmask, rmask, mask = sweep_tile(pid, tl.program_id(1), R, n, C, ROWS, CB, NP)
+    pid, cid = tl.program_id(0), tl.program_id(1)
+    rows, c, lane, base, lmask, rmask, mask = sweep_tile(pid, cid, R, n, C, ROWS, CB, NP)
+    GW += cid.to(tl.int64) * PART  # this program's partial sum (PART = 0: the one GW)
     # the reduced [ROWS, NP] tile of GW
     rows2 = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
     lane2 = tl.arange(0, NP)[None, :]
@@ -317,14 +322,21 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         C = gS0.shape[1]
         gS0 = aligned(gS0.to(torch.float32))
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
-        GW = (torch.zeros if n_cprog > 1 else torch.empty)((R, D, n), device=W.device, dtype=torch.float32)
+        split = n_cprog > 1
+        # split columns add into GW with atomics (run-to-run rounding differences), unless torch is
+        # asked for deterministic algorithms: then one partial GW per column program, summed by torch
+        partials = split and torch.are_deterministic_algorithms_enabled()
+        shape = (n_cprog, R, D, n) if partials else (R, D, n)
+        GW = (torch.zeros if split and not partials else torch.empty)(shape, device=W.device, dtype=torch.float32)
         grid = (cdiv(R, ROWS_S), n_cprog)
         network_sweep_backward_kernel[grid](
             address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
-            R, n, D, C,
-            ATOMIC=n_cprog > 1, ROWS=ROWS_S, CB=CB, NP=NP,
+            R, n, D, C, R * D * n if partials else 0,
+            ATOMIC=split and not partials, ROWS=ROWS_S, CB=CB, NP=NP,
             num_warps=_warps(ROWS_S * CB * NP, grid[0] * grid[1]),
         )
+        if partials:
+            GW = GW.sum(0)
     gx = torch.empty((R, n), device=W.device, dtype=torch.float32)
     if gy is not None:
         gy = aligned(gy.to(torch.float32))
@@ -371,7 +383,7 @@ def aot_variants():
               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
               "SAVE": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     swb_sig = {"GS0": "i64", "W": "i64", "SHIST": "i64", "GW": "i64", "LANES": "i64",
-               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
+               "R": "i32", "n": "i32", "D": "i32", "C": "i32", "PART": "i32",
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):
         out.append((f"network_sweep_kernel-save{int(save)}", network_sweep_kernel,

@@ -406,6 +406,29 @@ def test_column_split_sweep_uses_atomics(monkeypatch, device, kernel_calls):
     assert splits == [3, 3], f"expected 3 column programs in the forward and the backward sweep, got {splits}"
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_split_sweep_deterministic_mode(deterministic, gpu_launch_configs, device, kernel_calls, monkeypatch):
+    """Columns split over programs (the GPU configuration of 3 rows, k = 5): atomic adds of gW by
+    default; with ``torch.use_deterministic_algorithms(True)`` one partial gW per column program,
+    summed by torch (no atomics: the same bits every run).  Both equal the torch backend."""
+    launches = []
+    real = kn.network_sweep_backward_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch_(*args, **kwargs):
+                launches.append((grid, kwargs["ATOMIC"], args[9]))  # args[9]: PART
+                return real[grid](*args, **kwargs)
+            return launch_
+
+    monkeypatch.setattr(kn, "network_sweep_backward_kernel", Spy())
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    check_vs_torch(op_fn("topk", "bitonic", 5), scores(3, 33), device, kernel_calls)
+    assert len(launches) == 1 and launches[0][0] == (3, 5), launches
+    part = 3 * fastsort.get_network("bitonic", 33).depth * 33  # elements of one partial gW [R, D, n]
+    assert launches[0][1:] == ((False, part) if deterministic else (True, 0)), launches
+
+
 # --------------------------------------------------------------------------- polynomial atan
 @triton.jit
 def _atan_test_kernel(X, Y, N, BLOCK: tl.constexpr):
