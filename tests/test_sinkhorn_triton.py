@@ -88,3 +88,14 @@ def test_launch_config_and_aot_variants():
     assert len(ids) == len(set(ids)) and any("fwd" in i for i in ids) and any("bwd" in i for i in ids)
     for _, fn, sig, const in ks.aot_variants():
         assert set(const) <= set(sig) and all(sig[c] == "constexpr" for c in const)
+
+
+@pytest.mark.parametrize("n, m, warps", [(5, 5, 4), (100, 6, 8), (1000, 6, 16), (2000, 6, 16), (4000, 2, 16)])
+def test_launch_config_warps(monkeypatch, n, m, warps):
+    """~16 tile elements per thread on a GPU, 4 to 16 warps (hand-worked: [1000 -> 1024] x [6 -> 8] = 8192
+    elements -> 16 warps; n = 100: 4 rows of 128 x 8 = 4096 -> 8 warps)."""
+    from fastsort.kernels import launch
+
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    assert S._kernels()._launch_config(n, m)[3] == warps
+
