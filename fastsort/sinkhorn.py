@@ -411,7 +411,9 @@ class _SinkhornFunction(torch.autograd.Function):
 def _sinkhorn_forward_op(x: torch.Tensor, kind: str, k: int, epsilon: float, max_iter: int, threshold: float,
                          squash: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     out, z, f, g, _ = _forward_impl(x, kind, k or None, epsilon, max_iter, threshold, squash, backend)
-    return out.contiguous(), z, f, g  # the torch path's plan columns are a transposed view
+    # outputs may not alias the input (z is x itself without squashing) nor be views (the torch
+    # path's plan columns are a transposed one)
+    return out.contiguous(), (z.clone() if z is x else z), f, g
 
 
 @_sinkhorn_forward_op.register_fake

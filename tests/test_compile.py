@@ -113,14 +113,16 @@ def test_compiled_first_in_a_fresh_process_with_new_batch_sizes(device, backend)
         assert scale > 0 and diff <= 1e-5 * max(1.0, scale), (B, diff, scale)
 
 
-@pytest.mark.parametrize("method,backend", [("sinkhorn", "torch"), ("sinkhorn", "triton"), ("neuralsort", "torch"),
-                                            ("softsort", "torch"), ("splitter_selection", "triton")])
-def test_fullgraph_every_op(device, method, backend):
+@pytest.mark.parametrize("method,backend,params", [
+    ("sinkhorn", "torch", {}), ("sinkhorn", "triton", {}), ("sinkhorn", "torch", {"squash": False}),
+    ("sinkhorn", "triton", {"squash": False}), ("neuralsort", "torch", {}), ("softsort", "torch", {}),
+    ("splitter_selection", "triton", {})])
+def test_fullgraph_every_op(device, method, backend, params):
     """Every public op of a method in one ``fullgraph=True`` graph (``aot_eager``: Dynamo and AOT
     tracing with the fake implementations, no Inductor codegen), values and gradients equal to eager
     for two batch sizes.  Sinkhorn stops on data-dependent convergence: its ops are custom ops too."""
     full = method != "splitter_selection"  # a top-k network: no full sort, ranks or permutation
-    kw = dict(backend=backend, **({"epsilon": 0.1} if method == "sinkhorn" else {}))  # few interpreted iterations
+    kw = dict(backend=backend, **params, **({"epsilon": 0.1} if method == "sinkhorn" else {}))  # few iterations
 
     def f(x, y):
         top = fastsort.soft_topk(x, 3, method, **kw)
