@@ -83,7 +83,7 @@ def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_class
 
 def _positive(name: str, value) -> float:
     value = as_real(value, name)
-    if not value > 0 or math.isinf(value):
+    if not 0 < value < math.inf:  # NaN fails too; comparisons (not math.isinf) trace under torch.compile
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
 

@@ -102,7 +102,7 @@ def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], metho
 
 def _method_params(method, inverse_temperature, distribution, art_lambda):
     inverse_temperature = as_real(inverse_temperature, "inverse_temperature")
-    if not inverse_temperature > 0 or math.isinf(inverse_temperature):
+    if not 0 < inverse_temperature < math.inf:
         raise ValueError(f"inverse_temperature must be a finite number > 0, got {inverse_temperature!r}")
     if method in NETWORK_METHODS:
         return parse_params(method, dict(steepness=inverse_temperature, distribution=distribution,

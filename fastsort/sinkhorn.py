@@ -132,7 +132,7 @@ def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None):
         raise ValueError(f"x must be a 2-D tensor [rows, n], got {getattr(x, 'shape', type(x))}")
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    if not (as_real(epsilon, "epsilon") > 0 and math.isfinite(epsilon)):
+    if not 0 < as_real(epsilon, "epsilon") < math.inf:
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     if as_int(max_iter, "max_iter") < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
