@@ -43,12 +43,12 @@ import torch
 from .networks import NetworkTable
 from .relaxations import relax_alpha, relax_slope
 
-_CONSTS: Dict[Tuple[int, str, torch.dtype], Tuple[torch.Tensor, ...]] = {}
+_CONSTS: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
 
 
 def layer_constants(table: NetworkTable, dtype: torch.dtype):
     """``(sgn, wa, wb, 1 - wa, -wb)`` as ``[D, n]`` tensors of ``dtype`` (cached per table)."""
-    key = (id(table), str(table.partner.device), dtype)
+    key = (table.kind, table.n, table.k, str(table.partner.device), dtype)  # what the table is, not its id
     consts = _CONSTS.get(key)
     if consts is None:
         ar = torch.arange(table.n, device=table.index.device)
