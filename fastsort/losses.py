@@ -133,7 +133,10 @@ def topk_cross_entropy(
         labels: ``[B]`` integer class indices in ``[0, C)``.
         p_k: probabilities of ``k = 1..K`` (sums to 1), e.g. ``[0.5, 0, 0, 0, 0.5]``.
         method: ``bitonic`` (default), ``odd_even``, ``splitter_selection``, ``neuralsort``, ``softsort``, ``sinkhorn``.
-        m: optional top-m preselection, ``K < m < C``.
+        m: optional top-m preselection, ``K < m < C``.  Exactly tied logits (common in bf16) may be
+            picked and ordered differently by the two backends (``torch.topk``'s order; the fused
+            kernel's lowest column first): the loss is the same, but a sorting network's gradient
+            is then split differently among the tied logits.
         inverse_temperature: steepness of the networks (``tau = 1 / it`` for NeuralSort/SoftSort,
             ``epsilon = 1 / it`` for Sinkhorn).
         distribution, art_lambda: the networks' relaxation.
