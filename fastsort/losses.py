@@ -135,7 +135,7 @@ def topk_cross_entropy(
         method: ``bitonic`` (default), ``odd_even``, ``splitter_selection``, ``neuralsort``, ``softsort``, ``sinkhorn``.
         m: optional top-m preselection, ``K < m < C``.  Exactly tied logits (common in bf16) may be
             picked and ordered differently by the two backends (``torch.topk``'s order; the fused
-            kernel's lowest column first): the loss is the same, but a sorting network's gradient
+            kernel's highest column first): the loss is the same, but a sorting network's gradient
             is then split differently among the tied logits.
         inverse_temperature: steepness of the networks (``tau = 1 / it`` for NeuralSort/SoftSort,
             ``epsilon = 1 / it`` for Sinkhorn).
