@@ -113,13 +113,27 @@ def test_compiled_first_in_a_fresh_process_with_new_batch_sizes(device, backend)
         assert scale > 0 and diff <= 1e-5 * max(1.0, scale), (B, diff, scale)
 
 
+def _check_aot_eager(f, device, shapes, dynamic=None):
+    """``f(x, labels)`` compiled with ``fullgraph=True`` (``aot_eager``: Dynamo and AOT tracing with the
+    fake implementations, no Inductor codegen) against eager: value and ``dL/dx`` for each ``(B, n)``."""
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+    for B, n in shapes:
+        x, y = torch.randn(B, n, device=device), torch.randint(0, n, (B,), device=device)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        la, lb = compiled(a, y), f(b, y)
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("method,backend,params", [
     ("sinkhorn", "torch", {}), ("sinkhorn", "triton", {}), ("sinkhorn", "torch", {"squash": False}),
     ("sinkhorn", "triton", {"squash": False}), ("neuralsort", "torch", {}), ("softsort", "torch", {}),
     ("splitter_selection", "triton", {})])
 def test_fullgraph_every_op(device, method, backend, params):
-    """Every public op of a method in one ``fullgraph=True`` graph (``aot_eager``: Dynamo and AOT
-    tracing with the fake implementations, no Inductor codegen), values and gradients equal to eager
+    """Every public op of a method in one ``fullgraph=True`` graph, values and gradients equal to eager
     for two batch sizes.  Sinkhorn stops on data-dependent convergence: its ops are custom ops too."""
     full = method != "splitter_selection"  # a top-k network: no full sort, ranks or permutation
     kw = dict(backend=backend, **params, **({"epsilon": 0.1} if method == "sinkhorn" else {}))  # few iterations
@@ -133,16 +147,7 @@ def test_fullgraph_every_op(device, method, backend, params):
                 + (fastsort.soft_permutation(x, method, **kw) * x.unsqueeze(1)).sum()
         return out
 
-    torch._dynamo.reset()
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    for B in (4, 6):
-        x, y = torch.randn(B, 12, device=device), torch.randint(0, 12, (B,), device=device)
-        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        la, lb = compiled(a, y), f(b, y)
-        la.backward()
-        lb.backward()
-        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    _check_aot_eager(f, device, [(4, 12), (6, 12)])
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -154,13 +159,4 @@ def test_dynamic_shapes(device, backend):
                 + (fastsort.soft_topk(x, 2, "sinkhorn", epsilon=0.1, backend=backend) * x.unsqueeze(1)).sum()
                 + fastsort.topk_cross_entropy(x, y, [0.5, 0.5], m=5, inverse_temperature=2.0, backend=backend))
 
-    torch._dynamo.reset()
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True, dynamic=True)
-    for B, n in ((4, 12), (6, 15)):
-        x, y = torch.randn(B, n, device=device), torch.randint(0, n, (B,), device=device)
-        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        la, lb = compiled(a, y), f(b, y)
-        la.backward()
-        lb.backward()
-        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    _check_aot_eager(f, device, [(4, 12), (6, 15)], dynamic=True)
