@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import warnings
+from typing import Optional
 
 import torch
 
@@ -18,24 +21,39 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+#: oldest triton the kernels are checked with: ``tl.gather`` arrived in 3.3, and 3.3's compiler
+#: rejects the Sinkhorn forward's per-tile iteration-domain branch (AOT-compiled with 3.3.1 .. 3.9.0)
+MIN_TRITON = (3, 4)
+
+
+def triton_version_problem(version: str) -> Optional[str]:
+    """Why triton ``version`` cannot run fastsort's kernels, or None when it can."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None or tuple(int(v) for v in match.groups()) < MIN_TRITON:
+        return (f"fastsort's Triton kernels need triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]}, found {version} "
+                "(torch >= 2.8 ships one)")
+    return None
+
+
 @functools.lru_cache(maxsize=None)
-def _triton_imports() -> bool:
+def _triton_status() -> Optional[str]:
+    """None when the kernels can run here, else why not (checked once, lazily)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the platform
-        return False
-    return True
+    except Exception as e:  # pragma: no cover - depends on the platform
+        return f"the `triton` package does not import ({type(e).__name__}: {e})"
+    return triton_version_problem(triton.__version__)
 
 
 @torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """True when ``import triton`` works (checked once, lazily: no import-time side effect).
+    """True when a triton that runs the kernels imports (no import-time side effect).
 
     A constant for ``torch.compile``: Dynamo calls it once while tracing instead of
     tracing through the cached import check (which it warns about).
     """
-    return _triton_imports()
+    return _triton_status() is None
 
 
 def resolve_backend(x: torch.Tensor, backend: str) -> str:
@@ -50,12 +68,10 @@ def resolve_backend(x: torch.Tensor, backend: str) -> str:
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        if x.is_cuda and triton_available():
-            return "triton"
-        return "torch"
+        return "triton" if x.is_cuda and _auto_picks_triton() else "torch"
     # backend == "triton"
     if not triton_available():
-        raise ValueError("backend='triton' needs the `triton` package; install it or use backend='torch'")
+        raise ValueError(f"backend='triton' is not available: {_triton_status()}; use backend='torch'")
     if x.is_cuda:
         return "triton"
     if x.device.type == "cpu" and interpreter_enabled():
@@ -64,3 +80,19 @@ def resolve_backend(x: torch.Tensor, backend: str) -> str:
         f"backend='triton' needs a CUDA tensor (got device {x.device}); on CPU it runs only under "
         "Triton's interpreter (set TRITON_INTERPRET=1 before importing triton), else use backend='torch'"
     )
+
+
+@torch.compiler.assume_constant_result
+def _auto_picks_triton() -> bool:
+    """``auto``'s choice for CUDA tensors (a constant for ``torch.compile``)."""
+    return _auto_picks_triton_once()
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_picks_triton_once() -> bool:
+    if triton_available():
+        return True
+    # once per process: a silent slowdown would be worse
+    warnings.warn(f"fastsort: {_triton_status()}; CUDA tensors use the (slower) torch backend", RuntimeWarning,
+                  stacklevel=2)
+    return False

@@ -492,6 +492,28 @@ def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
     assert _dispatch.resolve_backend(torch.zeros(3), "auto") == "torch"
 
 
+@pytest.mark.parametrize("version,ok", [("3.2.0", False), ("3.3.1", False), ("3.4.0", True), ("3.6.0", True),
+                                        ("3.7.1+gitabc", True), ("3.10.0", True), ("4.0", True), ("dev", False)])
+def test_triton_version_gate(version, ok):
+    """tl.gather arrived in triton 3.3 and 3.3's compiler rejects a Sinkhorn kernel: 3.4 is the oldest."""
+    problem = _dispatch.triton_version_problem(version)
+    assert (problem is None) == ok
+    if not ok:
+        assert f"need triton >= 3.4, found {version}" in problem
+
+
+def test_too_old_triton_is_a_clear_error_or_a_warned_fallback(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_triton_status", lambda: "fastsort's Triton kernels need triton >= 3.4, found 3.2.0")
+    with pytest.raises(ValueError, match=r"backend='triton' is not available: .*found 3.2.0.*use backend='torch'"):
+        fastsort.soft_sort(torch.randn(2, 4), "bitonic", backend="triton")
+    _dispatch._auto_picks_triton_once.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="found 3.2.0; CUDA tensors use the .* torch backend"):
+            assert _dispatch._auto_picks_triton_once() is False
+    finally:
+        _dispatch._auto_picks_triton_once.cache_clear()
+
+
 @pytest.mark.parametrize("method", ["bitonic", "sinkhorn"])
 def test_double_backward_raises(method):
     """The hand-written backwards are not themselves differentiable: a second derivative must raise,
