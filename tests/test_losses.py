@@ -299,3 +299,42 @@ BAD = [
 def test_bad_inputs(fn, exc, match):
     with pytest.raises(exc, match=match):
         fn()
+
+
+def test_preselect_scratch_buffer_in_and_out_of_inference_mode_and_threads():
+    """The CPU preselection masks the labels in a per-thread scratch buffer: reused between calls,
+    usable after inference mode created it, resized with the batch, and private to each thread."""
+    import threading
+
+    from fastsort import losses as L
+
+    logits, labels = make_batch(6, 30, seed=11, dtype=torch.float32)
+    expected = preselect_ref(logits.double(), labels, 8)[0].float()
+    with torch.inference_mode():
+        torch.testing.assert_close(L.preselect(logits, labels, 8), expected)
+    x = logits.clone().requires_grad_()
+    out = L.preselect(x, labels, 8)  # the buffer inference mode allocated, outside it, with autograd
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert torch.equal(x.grad.sum(1), torch.full((6,), 8.0))
+    first = L._SCRATCH.buf.data_ptr()
+    L.preselect(logits, labels, 8)
+    assert L._SCRATCH.buf.data_ptr() == first  # reused, not reallocated
+    torch.testing.assert_close(L.preselect(logits[:4], labels[:4], 8), expected[:4])  # a smaller last batch
+
+    errors = []
+
+    def worker(seed):
+        lg, lb = make_batch(5, 40, seed=seed, dtype=torch.float32)
+        ref = preselect_ref(lg.double(), lb, 6)[0].float()
+        for _ in range(50):
+            if not torch.equal(L.preselect(lg, lb, 6), ref):
+                errors.append(seed)
+                return
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"threads {errors} saw another thread's scratch buffer"
