@@ -18,8 +18,6 @@ the Triton kernels, which carry the same formulas in ``kernels/network.py``).
 from __future__ import annotations
 
 import math
-from typing import Tuple
-
 import torch
 
 DISTRIBUTIONS = ("logistic", "logistic_phi", "gaussian", "reciprocal", "cauchy", "optimal")
@@ -85,7 +83,3 @@ def relax_slope(d: torch.Tensor, distribution: str, steepness: float, art_lambda
         return torch.where(av > 0.25, (16 * den * den).reciprocal_(), torch.ones_like(v)).mul_(steepness)
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
 
-
-def alpha_and_slope(d: torch.Tensor, distribution: str, steepness: float, art_lambda: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(alpha, dalpha/dd)`` for the comparator difference ``d = x[hi] - x[lo]``."""
-    return relax_alpha(d, distribution, steepness, art_lambda), relax_slope(d, distribution, steepness, art_lambda)
