@@ -7,6 +7,7 @@ for such arguments: Python ``int``/``float``, NumPy scalars, and (for integers)
 """
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -29,3 +30,11 @@ def as_real(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return float(value)
+
+
+def as_positive(value, name: str) -> float:
+    """``value`` as a finite float > 0, or a ``TypeError`` / ``ValueError`` naming ``name``."""
+    value = as_real(value, name)
+    if not 0 < value < math.inf:  # NaN fails too; comparisons (not math.isinf) trace under torch.compile
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value

@@ -13,7 +13,6 @@ first.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -21,7 +20,7 @@ import torch
 from ._autograd import Relaxation, network_apply
 from ._dispatch import resolve_backend
 from ._torch_softmax_sorts import neuralsort_rows, softsort_rows
-from ._validate import as_int, as_real
+from ._validate import as_int, as_positive, as_real
 from .relaxations import DISTRIBUTIONS
 
 __all__ = ["METHODS", "soft_sort", "soft_topk", "soft_rank", "soft_permutation", "soft_topk_mask"]
@@ -81,13 +80,6 @@ def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_class
             raise ValueError(f"labels must be in [0, {name}) = [0, {n_classes}), got values in [{lo}, {hi}]")
 
 
-def _positive(name: str, value) -> float:
-    value = as_real(value, name)
-    if not 0 < value < math.inf:  # NaN fails too; comparisons (not math.isinf) trace under torch.compile
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
-
-
 def parse_params(method: str, params: Dict[str, Any]) -> Dict[str, Any]:
     """Fill in defaults for ``method`` and check every parameter."""
     defaults = _DEFAULTS[method]
@@ -98,14 +90,14 @@ def parse_params(method: str, params: Dict[str, Any]) -> Dict[str, Any]:
         )
     out = dict(defaults, **params)
     if method in NETWORK_METHODS:
-        out["steepness"] = _positive("steepness", out["steepness"])
+        out["steepness"] = as_positive(out["steepness"], "steepness")
         if out["distribution"] not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {out['distribution']!r}")
         out["art_lambda"] = as_real(out["art_lambda"], "art_lambda")
     elif method in SOFTMAX_METHODS:
-        out["tau"] = _positive("tau", out["tau"])
+        out["tau"] = as_positive(out["tau"], "tau")
         if method == "softsort":
-            out["pow"] = _positive("pow", out["pow"])
+            out["pow"] = as_positive(out["pow"], "pow")
     return out
 
 

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
-from ._validate import as_int, as_real
+from ._validate import as_int, as_positive
 from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_label_range, check_method,
                          check_reduction, kernel_backend, parse_params, reduce_loss, sweep_init)
 
@@ -123,9 +123,7 @@ def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], metho
 
 
 def _method_params(method, inverse_temperature, distribution, art_lambda):
-    inverse_temperature = as_real(inverse_temperature, "inverse_temperature")
-    if not 0 < inverse_temperature < math.inf:
-        raise ValueError(f"inverse_temperature must be a finite number > 0, got {inverse_temperature!r}")
+    inverse_temperature = as_positive(inverse_temperature, "inverse_temperature")
     if method in NETWORK_METHODS:
         return parse_params(method, dict(steepness=inverse_temperature, distribution=distribution,
                                          art_lambda=art_lambda))

@@ -13,11 +13,12 @@ A comparator between wires ``lo < hi`` sees ``d = x[hi] - x[lo]`` and computes
 | optimal        | clamp(v, -1/4, 1/4) + 1/2 + sign(v) [|v| > 1/4] (1/4 - 1/(16 (|v| + 1e-10))) |
 
 This is the torch implementation used by the torch backend (and the oracle of
-the Triton kernels, which carry the same formulas in ``kernels/network.py``).
+the Triton kernels, which carry the same formulas in ``kernels/relaxations.py``).
 """
 from __future__ import annotations
 
 import math
+
 import torch
 
 DISTRIBUTIONS = ("logistic", "logistic_phi", "gaussian", "reciprocal", "cauchy", "optimal")

@@ -93,7 +93,7 @@ from typing import Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._validate import as_int, as_real
+from ._validate import as_int, as_positive, as_real
 
 __all__ = [
     "DEFAULT_MAX_ITER",
@@ -132,8 +132,7 @@ def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None):
         raise ValueError(f"x must be a 2-D tensor [rows, n], got {getattr(x, 'shape', type(x))}")
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    if not 0 < as_real(epsilon, "epsilon") < math.inf:
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    as_positive(epsilon, "epsilon")
     if as_int(max_iter, "max_iter") < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not as_real(threshold, "threshold") > 0:

@@ -34,6 +34,7 @@ import numbers
 
 import torch
 
+from ._validate import as_positive
 from .functional import check_label_range, check_reduction, reduce_loss
 
 __all__ = [
@@ -156,11 +157,7 @@ def _check_k(k) -> int:
 
 
 def _check_tau(tau) -> float:
-    if not isinstance(tau, numbers.Real) or isinstance(tau, bool):
-        raise TypeError(f"tau must be a positive real number, got {type(tau).__name__}")
-    if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"tau must be a finite number > 0, got {tau}")
-    return float(tau)
+    return as_positive(tau, "tau")
 
 
 def _check_alpha(alpha) -> float:
