@@ -70,10 +70,29 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     return loss
 
 
+def check_logits_labels(logits, labels, name: str = "n_classes") -> None:
+    """``logits [B, C]`` floating and ``labels [B]`` integer class indices in ``[0, C)`` on the same device
+    (the losses' inputs; ``name``: how the caller's messages call ``C``)."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point torch.Tensor, got {getattr(logits, 'dtype', type(logits))}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D [batch, {name}], got shape {tuple(logits.shape)}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
+            or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got "
+                        f"{getattr(labels, 'dtype', type(labels))}; use labels.long()")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
+    if labels.device != logits.device:  # the kernels would read a host address on the GPU
+        raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
+    check_label_range(labels, logits.shape[1], name)
+
+
 def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_classes") -> None:
-    """Labels must lie in ``[0, n_classes)`` (``name``: how the caller's messages call ``n_classes``).  Checked for CPU labels only: on CUDA the check needs the
-    values on the host, a device sync in every training step, so the kernels and ops flag a bad label
-    themselves there (NaN rows in the top-k loss).  Skipped while ``torch.compile`` traces."""
+    """Labels must lie in ``[0, n_classes)`` (``name``: how the caller's messages call ``n_classes``).
+    Checked for CPU labels only: on CUDA the check needs the values on the host, a device sync in
+    every training step, so the kernels and ops flag a bad label themselves there (NaN rows in the
+    top-k loss).  Skipped while ``torch.compile`` traces."""
     if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= n_classes:

@@ -25,7 +25,7 @@ import torch
 
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
 from ._validate import as_int, as_positive
-from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_label_range, check_method,
+from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_logits_labels, check_method,
                          check_reduction, kernel_backend, parse_params, reduce_loss, sweep_init)
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
@@ -57,21 +57,6 @@ def rank_weights(p_k: Sequence[float], top1_mode: str) -> List[float]:
     K = len(p_k)
     first = 1 if top1_mode in ("sm", "smce") else 0  # k = 1 handled by the softmax terms
     return [sum(p_k[max(r, first):]) for r in range(K)]
-
-
-def _check_logits_labels(logits, labels):
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point torch.Tensor, got {getattr(logits, 'dtype', type(logits))}")
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D [batch, n_classes], got shape {tuple(logits.shape)}")
-    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
-            or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of class indices, got {getattr(labels, 'dtype', type(labels))}")
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
-    if labels.device != logits.device:  # the kernels would read a host address on the GPU
-        raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
-    check_label_range(labels, logits.shape[1])
 
 
 _SCRATCH = threading.local()
@@ -172,7 +157,7 @@ def topk_cross_entropy(
         >>> loss = fastsort.topk_cross_entropy(logits, torch.tensor([1]), [0.5, 0.5], inverse_temperature=2.0)
         >>> loss.backward()
     """
-    _check_logits_labels(logits, labels)
+    check_logits_labels(logits, labels)
     check_method(method, "loss")
     p = check_p_k(p_k)
     if top1_mode not in TOP1_MODES:

@@ -35,7 +35,7 @@ import numbers
 import torch
 
 from ._validate import as_positive
-from .functional import check_label_range, check_reduction, reduce_loss
+from .functional import check_logits_labels, check_reduction, reduce_loss
 
 __all__ = [
     "log_elementary_symmetric",
@@ -169,26 +169,9 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_inputs(logits, labels, k: int) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D [batch, num_classes], got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}; use logits.float()")
-    if labels.dim() != 1:
-        raise ValueError(f"labels must be 1-D [batch] class indices, got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}; use labels.long()")
-    batch, num_classes = logits.shape
-    if labels.shape[0] != batch:
-        raise ValueError(f"labels must have length batch={batch} (logits.shape[0]), got {labels.shape[0]}")
-    if labels.device != logits.device:
-        raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
-    if k >= num_classes:
-        raise ValueError(f"k must be < num_classes={num_classes} (logits.shape[1]), got k={k}")
-    check_label_range(labels, num_classes, "num_classes")
+    check_logits_labels(logits, labels, "num_classes")
+    if k >= logits.shape[1]:
+        raise ValueError(f"k must be < num_classes={logits.shape[1]} (logits.shape[1]), got k={k}")
 
 
 def smooth_topk_svm_loss(

@@ -255,15 +255,15 @@ _Y = torch.tensor([0, 1, 4, 2])
 
 BAD_CALLS = [
     # (kwargs overriding logits/labels/k/tau/alpha/reduction, error, message)
-    (dict(logits=[[1.0, 2.0]]), TypeError, "logits must be a torch.Tensor"),
+    (dict(logits=[[1.0, 2.0]]), TypeError, "logits must be a floating-point torch.Tensor"),
     (dict(logits=torch.randn(20)), ValueError, "logits must be 2-D"),
     (dict(logits=torch.randn(4, 5, 1)), ValueError, "logits must be 2-D"),
     (dict(logits=torch.ones(4, 5, dtype=torch.long)), TypeError, "logits must be a floating-point"),
-    (dict(labels=[0, 1, 4, 2]), TypeError, "labels must be a torch.Tensor"),
-    (dict(labels=_Y[:, None]), ValueError, "labels must be 1-D"),
+    (dict(labels=[0, 1, 4, 2]), TypeError, "labels must be an integer tensor of class indices"),
+    (dict(labels=_Y[:, None]), ValueError, r"labels must have shape \[batch\] = \(4,\), got \(4, 1\)"),
     (dict(labels=_Y.float()), TypeError, "labels must be an integer tensor"),
     (dict(labels=_Y > 0), TypeError, "labels must be an integer tensor"),
-    (dict(labels=_Y[:3]), ValueError, "labels must have length batch=4"),
+    (dict(labels=_Y[:3]), ValueError, r"labels must have shape \[batch\] = \(4,\), got \(3,\)"),
     (dict(labels=torch.tensor([0, 1, 5, 2])), ValueError, r"labels must be in \[0, num_classes\) = \[0, 5\)"),
     (dict(labels=torch.tensor([0, -1, 4, 2])), ValueError, r"labels must be in \[0, num_classes\) = \[0, 5\)"),
     (dict(k=0), ValueError, "k must be >= 1"),
@@ -308,7 +308,7 @@ def test_module_bad_construction(cls, kwargs, error, match):
     "logits, labels, match",
     [
         (torch.randn(4, 2), _Y % 2, "k must be < num_classes=2"),
-        (torch.randn(4, 5).double(), _Y.int()[:2], "labels must have length batch=4"),
+        (torch.randn(4, 5).double(), _Y.int()[:2], r"labels must have shape \[batch\] = \(4,\), got \(2,\)"),
     ],
 )
 def test_module_bad_forward(logits, labels, match):
