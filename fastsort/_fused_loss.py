@@ -119,10 +119,10 @@ def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kin
     need_grad = torch.is_grad_enabled() and logits.requires_grad
     args = ([float(v) for v in c], kind, m, params["distribution"], float(params["steepness"]),
             float(params["art_lambda"]), mode, float(p_first), float(p_rest))
-    if need_grad and not torch.compiler.is_compiling():
-        return _FusedTopKCE.apply(logits, labels, args, reduction)
     if torch.compiler.is_compiling():
         loss = _topk_ce_fused(logits, labels, *args, need_grad)[0][:, 0]
+    elif need_grad:
+        return _FusedTopKCE.apply(logits, labels, args, reduction)
     else:
         loss = _forward_impl(logits, labels, *args, False)[0][:, 0]
     return reduce_loss(loss, reduction).to(logits.dtype)

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from .launch import MAX_LANES, address, aligned, as_pointer, cdiv, next_pow2, num_warps, on_tensor_device, \
     rows_per_program
-from .relaxations import relax
+from .relaxations import dist_code, relax
 
 
 # --------------------------------------------------------------------------- device functions
@@ -239,14 +239,8 @@ _PER_THREAD = 8
 
 
 def _warps(tile: int, programs: int) -> int:
-    """Warps of a network kernel: 8 elements per thread, fewer on small grids, never more than 8."""
+    """Warps of a network kernel: 8 elements per thread (fewer on small grids, never more)."""
     return num_warps(tile, _PER_THREAD, programs, max_per_thread=_PER_THREAD)
-
-
-def _dist_code(distribution: str) -> int:
-    from ..relaxations import DISTRIBUTION_CODES
-
-    return DISTRIBUTION_CODES[distribution]
 
 
 def check_size(n: int) -> None:
@@ -287,7 +281,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         network_forward_kernel[grid](
             address(x), address(y), address(W), address(XIN), address(table.lanes),
             R, n, D, float(steepness), float(art_lambda),
-            DIST=_dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
+            DIST=dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
             num_warps=_warps(ROWS * NP, grid[0]),
         )
     S0 = SHIST = None
@@ -346,7 +340,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         address(gy if gy is not None else gx), address(GW if GW is not None else W), address(W), address(XIN),
         address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
-        DIST=_dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
+        DIST=dist_code(distribution), HAS_GY=gy is not None, HAS_GW=GW is not None, ROWS=ROWS, NP=NP,
         num_warps=_warps(ROWS * NP, grid[0]),
     )
     return gx

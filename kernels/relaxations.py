@@ -12,6 +12,13 @@ All arithmetic is float32.  ``atan`` is a polynomial (``tl.math`` has no
 import triton
 import triton.language as tl
 
+def dist_code(distribution: str) -> int:
+    """The ``DIST`` constexpr of a relaxation's name (what the launchers pass)."""
+    from ..relaxations import DISTRIBUTION_CODES
+
+    return DISTRIBUTION_CODES[distribution]
+
+
 PI = tl.constexpr(3.141592653589793)
 INV_SQRT2 = tl.constexpr(0.7071067811865476)
 INV_SQRT2PI = tl.constexpr(0.3989422804014327)

@@ -50,8 +50,6 @@ compile variants for the shared ahead-of-time compile test.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl

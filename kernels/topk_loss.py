@@ -43,7 +43,7 @@ import triton.language as tl
 from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, column_block, interpreting, next_pow2, \
     num_warps, on_tensor_device, rows_per_program
 from .network import comparator_adjoint, layer_lanes
-from .relaxations import relax
+from .relaxations import dist_code, relax
 
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
 #: -inf logits are sorted as this finite value (alpha exactly 0 or 1 against it)
@@ -262,8 +262,6 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.
     """
     distribution, steepness, art_lambda = relax_params
-    from ..relaxations import DISTRIBUTION_CODES
-
     if logits.stride(1) != 1 or logits.data_ptr() % 16:
         logits = aligned(logits)  # rows may keep a stride; the start must be 16-byte aligned
     B, C = logits.shape
@@ -282,7 +280,7 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
         address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
         address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
-        X_DTYPE=TL_DTYPES[logits.dtype], DIST=DISTRIBUTION_CODES[distribution], MODE=MODE_CODES[mode],
+        X_DTYPE=TL_DTYPES[logits.dtype], DIST=dist_code(distribution), MODE=MODE_CODES[mode],
         NEED_GRAD=need_grad,
         ROWS=ROWS, MP=MP, BLOCK_C=BLOCK_C, num_warps=warps,
     )
