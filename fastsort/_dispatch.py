@@ -9,7 +9,7 @@ import functools
 import os
 import re
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -26,10 +26,16 @@ def interpreter_enabled() -> bool:
 MIN_TRITON = (3, 4)
 
 
+def _major_minor(version: str) -> Optional[Tuple[int, int]]:
+    """``(major, minor)`` of a version string such as ``"3.7.1+git..."``, None when it has none."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def triton_version_problem(version: str) -> Optional[str]:
     """Why triton ``version`` cannot run fastsort's kernels, or None when it can."""
-    match = re.match(r"(\d+)\.(\d+)", version)
-    if match is None or tuple(int(v) for v in match.groups()) < MIN_TRITON:
+    parsed = _major_minor(version)
+    if parsed is None or parsed < MIN_TRITON:
         return (f"fastsort's Triton kernels need triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]}, found {version} "
                 "(torch >= 2.8 ships one)")
     return None
@@ -44,6 +50,37 @@ def _triton_status() -> Optional[str]:
     except Exception as e:  # pragma: no cover - depends on the platform
         return f"the `triton` package does not import ({type(e).__name__}: {e})"
     return triton_version_problem(triton.__version__)
+
+
+def interpreter_version_problem(triton_version: str, numpy_version: str) -> Optional[str]:
+    """Why Triton's interpreter (``TRITON_INTERPRET=1``) of ``triton_version`` cannot run the kernels
+    next to ``numpy_version``, or None when it can.
+
+    Interpreters before triton 3.7 turn a scalar kernel argument into a Python int with
+    ``int(array)`` on a one-element 1-D array (``range(D)`` in every kernel), which numpy 2.4
+    made an error; triton 3.7 squeezes the array first.
+    """
+    t, n = _major_minor(triton_version), _major_minor(numpy_version)
+    if t is not None and n is not None and t < (3, 7) and n >= (2, 4):
+        return (f"Triton's interpreter in triton {triton_version} cannot run with numpy {numpy_version} "
+                "(it converts 1-element arrays to ints, an error since numpy 2.4): install "
+                "numpy<2.4 or triton>=3.7")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_status() -> Optional[str]:
+    """None when Triton's interpreter can run the kernels here, else why not (checked once)."""
+    import numpy
+    import triton
+
+    return interpreter_version_problem(triton.__version__, numpy.__version__)
+
+
+@torch.compiler.assume_constant_result
+def _interpreter_usable() -> bool:
+    """``_interpreter_status() is None``, a constant for ``torch.compile`` (as :func:`triton_available`)."""
+    return _interpreter_status() is None
 
 
 @torch.compiler.assume_constant_result
@@ -75,6 +112,8 @@ def resolve_backend(x: torch.Tensor, backend: str) -> str:
     if x.is_cuda:
         return "triton"
     if x.device.type == "cpu" and interpreter_enabled():
+        if not _interpreter_usable():
+            raise ValueError(f"backend='triton' on CPU: {_interpreter_status()}; or use backend='torch'")
         return "triton"
     raise ValueError(
         f"backend='triton' needs a CUDA tensor (got device {x.device}); on CPU it runs only under "

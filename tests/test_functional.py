@@ -514,6 +514,28 @@ def test_too_old_triton_is_a_clear_error_or_a_warned_fallback(monkeypatch):
         _dispatch._auto_picks_triton_once.cache_clear()
 
 
+@pytest.mark.parametrize("triton_version,numpy_version,ok", [
+    ("3.6.0", "2.4.6", False), ("3.4.0", "2.4.0", False), ("3.6.0", "2.3.5", True), ("3.7.1", "2.4.6", True),
+    ("3.9.0", "3.0.0", True), ("3.5.0", "1.26.4", True)])
+def test_interpreter_version_gate(triton_version, numpy_version, ok):
+    """triton < 3.7's interpreter calls int() on 1-element arrays, which numpy >= 2.4 rejects (checked
+    with triton 3.6.0: numpy 2.4.6 fails every kernel test, 2.3.5 passes them all)."""
+    problem = _dispatch.interpreter_version_problem(triton_version, numpy_version)
+    assert (problem is None) == ok
+    if not ok:
+        assert f"triton {triton_version} cannot run with numpy {numpy_version}" in problem
+        assert "numpy<2.4 or triton>=3.7" in problem
+
+
+def test_unusable_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "_interpreter_status", lambda: "<why>")
+    monkeypatch.setattr(_dispatch, "_interpreter_usable", lambda: False)
+    with pytest.raises(ValueError, match=r"backend='triton' on CPU: <why>; or use backend='torch'"):
+        fastsort.soft_sort(torch.randn(2, 4), "bitonic", backend="triton")
+    assert _dispatch.resolve_backend(torch.zeros(3), "auto") == "torch"  # auto never used the interpreter
+
+
 @pytest.mark.parametrize("method", ["bitonic", "sinkhorn"])
 def test_double_backward_raises(method):
     """The hand-written backwards are not themselves differentiable: a second derivative must raise,
