@@ -71,7 +71,10 @@ def interpreter_version_problem(triton_version: str, numpy_version: str) -> Opti
 @functools.lru_cache(maxsize=None)
 def _interpreter_status() -> Optional[str]:
     """None when Triton's interpreter can run the kernels here, else why not (checked once)."""
-    import numpy
+    try:
+        import numpy
+    except ImportError:
+        return "Triton's interpreter needs numpy: pip install numpy"
     import triton
 
     return interpreter_version_problem(triton.__version__, numpy.__version__)
