@@ -7,9 +7,11 @@
 #
 # 1. prints `nvidia-smi -L` and the python / torch / triton / CUDA versions;
 # 2. installs what is missing, offline: wheels in ./.whl/ (diffsort, difftopk,
-#    pytest-benchmark, ...) with `pip install --no-deps --no-index`, then fastsort
-#    itself (`pip install --no-deps --no-build-isolation -e .`) unless this
-#    checkout's fastsort (with its `fastsort.kernels`) already imports;
+#    pytest-xdist, execnet, setuptools>=77 for the build: `pip download --no-deps -d .whl
+#    diffsort==0.2.0 difftopk==0.2.0 pytest-xdist execnet "setuptools>=77"`) with
+#    `pip install --no-deps --no-index`, then fastsort itself
+#    (`pip install --no-deps --no-build-isolation -e .`) unless this checkout's
+#    fastsort (with its `fastsort.kernels`) already imports;
 # 3. runs the test suite on the GPU (FASTSORT_TEST_DEVICE=cuda: the kernel tests
 #    compile for real instead of using Triton's interpreter) -> LOGDIR/tests.log;
 #    pytest arguments: $FASTSORT_PYTEST_ARGS (default "-n 8 -q --durations=15" when
