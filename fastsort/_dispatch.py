@@ -41,17 +41,6 @@ def triton_version_problem(version: str) -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_status() -> Optional[str]:
-    """None when the kernels can run here, else why not (checked once, lazily)."""
-    try:
-        import triton
-        import triton.language  # noqa: F401
-    except Exception as e:  # pragma: no cover - depends on the platform
-        return f"the `triton` package does not import ({type(e).__name__}: {e})"
-    return triton_version_problem(triton.__version__)
-
-
 def interpreter_version_problem(triton_version: str, numpy_version: str) -> Optional[str]:
     """Why Triton's interpreter (``TRITON_INTERPRET=1``) of ``triton_version`` cannot run the kernels
     next to ``numpy_version``, or None when it can.
@@ -69,21 +58,23 @@ def interpreter_version_problem(triton_version: str, numpy_version: str) -> Opti
 
 
 @functools.lru_cache(maxsize=None)
-def _interpreter_status() -> Optional[str]:
-    """None when Triton's interpreter can run the kernels here, else why not (checked once)."""
+def _triton_status() -> Optional[str]:
+    """None when the kernels can run here, else why not (checked once, lazily): the triton
+    version, and under ``TRITON_INTERPRET=1`` (where every kernel runs in Triton's interpreter,
+    CUDA tensors included) whether that interpreter works with the installed numpy."""
     try:
-        import numpy
-    except ImportError:
-        return "Triton's interpreter needs numpy: pip install numpy"
-    import triton
-
-    return interpreter_version_problem(triton.__version__, numpy.__version__)
-
-
-@torch.compiler.assume_constant_result
-def _interpreter_usable() -> bool:
-    """``_interpreter_status() is None``, a constant for ``torch.compile`` (as :func:`triton_available`)."""
-    return _interpreter_status() is None
+        import triton
+        import triton.language  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the platform
+        return f"the `triton` package does not import ({type(e).__name__}: {e})"
+    problem = triton_version_problem(triton.__version__)
+    if problem is None and interpreter_enabled():
+        try:
+            import numpy
+        except ImportError:
+            return "Triton's interpreter (TRITON_INTERPRET=1) needs numpy: pip install numpy"
+        problem = interpreter_version_problem(triton.__version__, numpy.__version__)
+    return problem
 
 
 @torch.compiler.assume_constant_result
@@ -115,8 +106,6 @@ def resolve_backend(x: torch.Tensor, backend: str) -> str:
     if x.is_cuda:
         return "triton"
     if x.device.type == "cpu" and interpreter_enabled():
-        if not _interpreter_usable():
-            raise ValueError(f"backend='triton' on CPU: {_interpreter_status()}; or use backend='torch'")
         return "triton"
     raise ValueError(
         f"backend='triton' needs a CUDA tensor (got device {x.device}); on CPU it runs only under "

@@ -528,12 +528,27 @@ def test_interpreter_version_gate(triton_version, numpy_version, ok):
 
 
 def test_unusable_interpreter_is_a_clear_error(monkeypatch):
+    """Under TRITON_INTERPRET=1 the interpreter check is part of whether the kernels can run at all:
+    an explicit triton backend raises with the versions and the fix (not an InterpreterError from
+    inside a kernel), and auto would fall back to torch with a warning."""
+    import numpy
+    import triton
+
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(_dispatch, "_interpreter_status", lambda: "<why>")
-    monkeypatch.setattr(_dispatch, "_interpreter_usable", lambda: False)
-    with pytest.raises(ValueError, match=r"backend='triton' on CPU: <why>; or use backend='torch'"):
-        fastsort.soft_sort(torch.randn(2, 4), "bitonic", backend="triton")
-    assert _dispatch.resolve_backend(torch.zeros(3), "auto") == "torch"  # auto never used the interpreter
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.6")
+    _dispatch._triton_status.cache_clear()
+    _dispatch._auto_picks_triton_once.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"backend='triton' is not available: Triton's interpreter in triton "
+                                             r"3\.6\.0 cannot run with numpy 2\.4\.6 .*numpy<2\.4 or triton>=3\.7; "
+                                             r"use backend='torch'"):
+            fastsort.soft_sort(torch.randn(2, 4), "bitonic", backend="triton")
+        with pytest.warns(RuntimeWarning, match="cannot run with numpy 2.4.6.*; CUDA tensors use the .* torch backend"):
+            assert _dispatch._auto_picks_triton_once() is False
+    finally:
+        _dispatch._triton_status.cache_clear()
+        _dispatch._auto_picks_triton_once.cache_clear()
 
 
 @pytest.mark.parametrize("method", ["bitonic", "sinkhorn"])
