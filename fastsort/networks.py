@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from ._validate import as_int
 
 __all__ = [
     "NETWORK_KINDS",
@@ -204,16 +205,6 @@ def _build_tables(layers, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return partner, desc
 
 
-def _as_count(v):
-    """``v`` as an int, or None if it is not integral (bools are not counts)."""
-    if isinstance(v, bool):
-        return None
-    try:
-        return operator.index(v)
-    except TypeError:
-        return None
-
-
 @functools.lru_cache(maxsize=256)
 def network_depth(kind: str, n: int, k: Optional[int] = None) -> int:
     """``D``, the number of layers of :func:`get_network`'s table, without building tensors (what the
@@ -245,15 +236,15 @@ def get_network(kind: str, n: int, device="cpu", k: Optional[int] = None) -> Net
         >>> t.depth, t.partner.tolist()
         (3, [[1, 0, 3, 2], [2, 3, 0, 1], [1, 0, 3, 2]])
     """
-    n_in, n = n, _as_count(n)  # an int (a shape's SymInt while torch.compile traces)
-    if n is None or n < 1:
-        raise ValueError(f"n must be an int >= 1 (the number of wires), got {n_in!r}")
+    n = as_int(n, "n")  # an int (a shape's SymInt while torch.compile traces)
+    if n < 1:
+        raise ValueError(f"n must be an int >= 1 (the number of wires), got {n!r}")
     if kind != "splitter_selection":
         k = None
     else:
-        k_in, k = k, _as_count(k)
+        k = None if k is None else as_int(k, "k")
         if k is None or not 1 <= k <= n:
-            raise ValueError(f"splitter_selection needs an int k with 1 <= k <= n = {n}, got k={k_in!r}")
+            raise ValueError(f"splitter_selection needs an int k with 1 <= k <= n = {n}, got k={k!r}")
     device = torch.device(device)
     key = (kind, n, k, str(device))
     # while torch.compile traces, tensors made here may be fake ones: build, but cache nothing

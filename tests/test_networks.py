@@ -146,17 +146,18 @@ def test_splitter_selection_k_out_of_range(k):
         networks.splitter_selection_layers(8, k)
 
 
-@pytest.mark.parametrize("kind,n,k,match", [
-    ("bitonic", 0, None, "n must be an int >= 1"),
-    ("odd_even", 4.5, None, "n must be an int >= 1"),
-    ("bitonic", True, None, "n must be an int >= 1"),
-    ("splitter_selection", 8, None, "1 <= k <= n = 8, got k=None"),
-    ("splitter_selection", 8, 9, "1 <= k <= n = 8, got k=9"),
-    ("splitter_selection", 8, 2.0, "got k=2.0"),
-    ("heap", 8, None, "unknown network kind 'heap'"),
+@pytest.mark.parametrize("kind,n,k,exc,match", [
+    ("bitonic", 0, None, ValueError, "n must be an int >= 1"),
+    ("odd_even", 4.5, None, TypeError, "n must be an int, got float 4.5"),
+    ("bitonic", True, None, TypeError, "n must be an int, got a bool"),
+    ("splitter_selection", 8, None, ValueError, "1 <= k <= n = 8, got k=None"),
+    ("splitter_selection", 8, 9, ValueError, "1 <= k <= n = 8, got k=9"),
+    ("splitter_selection", 8, 2.0, TypeError, "k must be an int, got float 2.0"),
+    ("heap", 8, None, ValueError, "unknown network kind 'heap'"),
 ])
-def test_get_network_bad_arguments(kind, n, k, match):
-    with pytest.raises(ValueError, match=match):
+def test_get_network_bad_arguments(kind, n, k, exc, match):
+    """Wrong values are ValueErrors, wrong types TypeErrors (as every other entry point)."""
+    with pytest.raises(exc, match=match):
         fastsort.get_network(kind, n, k=k)
 
 
