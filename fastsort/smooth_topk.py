@@ -30,11 +30,10 @@ gives exact, finite gradients.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from ._validate import as_positive
+from ._validate import as_int, as_positive, as_real
 from .functional import check_logits_labels, check_reduction, reduce_loss
 
 __all__ = [
@@ -117,9 +116,7 @@ def log_elementary_symmetric(x: torch.Tensor, k: int) -> torch.Tensor:
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it with x.float()")
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension (the last one is reduced), got a 0-d tensor")
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    k = int(k)
+    k = as_int(k, "k")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
 
@@ -149,23 +146,17 @@ def log_elementary_symmetric(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _check_k(k) -> int:
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool):
-        raise TypeError(f"k must be an int (the top-k size), got {type(k).__name__}")
+    k = as_int(k, "k")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return int(k)
-
-
-def _check_tau(tau) -> float:
-    return as_positive(tau, "tau")
+    return k
 
 
 def _check_alpha(alpha) -> float:
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a real number (the SVM margin), got {type(alpha).__name__}")
-    if not math.isfinite(alpha):
+    alpha = as_real(alpha, "alpha")
+    if not -math.inf < alpha < math.inf:  # NaN fails too
         raise ValueError(f"alpha must be finite, got {alpha}")
-    return float(alpha)
+    return alpha
 
 
 def _check_inputs(logits, labels, k: int) -> None:
@@ -209,7 +200,7 @@ def smooth_topk_svm_loss(
         torch.Size([])
     """
     k = _check_k(k)
-    tau = _check_tau(tau)
+    tau = as_positive(tau, "tau")
     alpha = _check_alpha(alpha)
     reduction = check_reduction(reduction)
     _check_inputs(logits, labels, k)
@@ -263,7 +254,7 @@ class SmoothTopKLoss(torch.nn.Module):
     def __init__(self, k: int, tau: float = 1.0, reduction: str = "mean"):
         super().__init__()
         self.k = _check_k(k)
-        self.tau = _check_tau(tau)
+        self.tau = as_positive(tau, "tau")
         self.reduction = check_reduction(reduction)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
