@@ -173,7 +173,7 @@ def _target_tensors(kind: str, n: int, k: int, dtype, device):
     return hit
 
 
-def _uses_sort_init(kind: str, k, n: int) -> bool:
+def uses_sort_init(kind: str, k, n: int) -> bool:
     """OTT's full ``sort`` starts from the DualSort initialiser; ranks and top-k (k < n) from zero."""
     return kind in ("sort", "perm") or (kind == "topk" and k == n)
 
@@ -366,7 +366,7 @@ def _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend):
         )
     else:
         z = squash_forward(x, squash)
-        f0 = dualsort_init_torch(z, t) if _uses_sort_init(kind, k, n) else None
+        f0 = dualsort_init_torch(z, t) if uses_sort_init(kind, k, n) else None
         f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
         out = _outputs_from_plan(kind, _plan(z, t, f, g, epsilon), x, n, k)
     return out, z, f, g, backend

@@ -54,13 +54,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import sinkhorn as _reference
 from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, next_pow2, on_tensor_device
 from .launch import num_warps as launch_num_warps
 
-CHECK_EVERY = 10
-DUALSORT_MAX_ITER = 100
-DUALSORT_TOL = 1e-2
-STD_EPS = 1e-10
+# The algorithm's constants are the torch reference's (one definition), as constexprs for the kernels.
+CHECK_EVERY = tl.constexpr(_reference.CHECK_EVERY)
+DUALSORT_MAX_ITER = tl.constexpr(_reference.DUALSORT_MAX_ITER)
+DUALSORT_TOL = tl.constexpr(_reference.DUALSORT_TOL)
+STD_EPS = tl.constexpr(_reference.STD_EPS)
 # Largest register tile (ROWS * BLOCK_N * BLOCK_M elements) one program holds.
 MAX_TILE = 16384
 # Scaling-domain iterations when max C_ij / eps <= SCALING_MAX (see the module docstring).
@@ -102,13 +104,13 @@ def _plan_columns(BASE, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP: tl
 
 @triton.jit
 def _squash(x, nmask, n, SQUASH: tl.constexpr):
-    # z = sigmoid((x - mean) / (std + 1e-10)), population std, per row.
+    # z = sigmoid((x - mean) / (std + STD_EPS)), population std, per row.
     if SQUASH:
         xm = tl.where(nmask, x, 0.0)
         mu = tl.sum(xm, axis=1) / n
         xc = tl.where(nmask, x - mu[:, None], 0.0)
         sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
-        z = tl.sigmoid(xc / (sd[:, None] + 1e-10))
+        z = tl.sigmoid(xc / (sd[:, None] + STD_EPS))
     else:
         z = x
     return tl.where(nmask, z, 0.0)
@@ -116,9 +118,9 @@ def _squash(x, nmask, n, SQUASH: tl.constexpr):
 
 @triton.jit
 def _still_active(active, c, err, threshold):
-    """Rows keep iterating until a check (every 10 iterations, ``CHECK_EVERY``) finds their marginal
+    """Rows keep iterating until a check (every ``CHECK_EVERY`` iterations) finds their marginal
     error ``err`` below ``threshold`` (or NaN)."""
-    check = (c > 0) & (c % 10 == 0)
+    check = (c > 0) & (c % CHECK_EVERY == 0)
     return active & ((check & ((err < threshold) | (err != err))) == 0)
 
 
@@ -166,7 +168,7 @@ def _sinkhorn_fwd_kernel(
         eye = jj[:, None] == ii[None, :]                 # [BLOCK_M, BLOCK_N]
         ds_active = rmask
         it = 0
-        while (it < 100) & (tl.sum(ds_active.to(tl.int32), axis=0) > 0):
+        while (it < DUALSORT_MAX_ITER) & (tl.sum(ds_active.to(tl.int32), axis=0) > 0):
             diag = tl.sum(tl.where(eye[None, :, :], cost, 0.0), axis=2)      # C_jj  [ROWS, BLOCK_M]
             fj = tl.sum(tl.where(eye[None, :, :], f[:, None, :], 0.0), axis=2)  # f_j
             cand = cost - diag[:, :, None] + fj[:, :, None]
@@ -174,7 +176,7 @@ def _sinkhorn_fwd_kernel(
             nf = tl.min(cand, axis=1)
             diff = tl.sum(tl.where(nmask, (nf - f) * (nf - f), 0.0), axis=1)
             f = tl.where(ds_active[:, None] & nmask, nf, f)
-            ds_active = ds_active & (diff > 1e-2)
+            ds_active = ds_active & (diff > DUALSORT_TOL)
             it += 1
         fmean = tl.sum(tl.where(nmask, f, 0.0), axis=1) / n
         f = tl.where(nmask, f - fmean[:, None], 0.0)
@@ -342,7 +344,7 @@ def _sinkhorn_bwd_kernel(
         mu_x = tl.sum(tl.where(nmask, x, 0.0), axis=1) / n
         xc = tl.where(nmask, x - mu_x[:, None], 0.0)
         sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
-        sc = sd + 1e-10
+        sc = sd + STD_EPS
         dy = tl.where(nmask, dz * z * (1.0 - z), 0.0)
         dsd = tl.where(sd[:, None] > 0, xc / (nf * tl.where(sd > 0, sd, 1.0))[:, None], 0.0)
         dx = (dy - (tl.sum(dy, axis=1) / n)[:, None]) / sc[:, None] \
@@ -398,10 +400,6 @@ def _out_spec(kind: str, n: int, m: int, k):
     raise ValueError(kind)
 
 
-def _uses_sort_init(kind, k, n):
-    return kind in ("sort", "perm") or (kind == "topk" and k == n)
-
-
 @on_tensor_device
 def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None, logb=None):
     """Run the fused forward. Returns ``(out, z, f, g)``; ``out`` may be passed pre-allocated,
@@ -427,7 +425,7 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
         _sinkhorn_fwd_kernel[grid](
             address(xf), address(z), address(f), address(g), address(out), address(logb),
             R, n, m, ncol, col0, float(epsilon), float(threshold), int(max_iter), float(SCALING_MAX),
-            X_DTYPE=TL_DTYPES[xf.dtype], SQUASH=bool(squash), INIT_SORT=_uses_sort_init(kind, k, n),
+            X_DTYPE=TL_DTYPES[xf.dtype], SQUASH=bool(squash), INIT_SORT=_reference.uses_sort_init(kind, k, n),
             OUT_KIND=out_kind, FLIP=flip,
             DOMAIN=domain, ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
         )
@@ -487,8 +485,8 @@ def aot_variants():
         for squash in (True, False):
             tag = f"{kind}_n{n}_k{k}_{'sq' if squash else 'nosq'}"
             for domain in ((0, 1) if squash else (2,)):
-                cf = dict(zip(fwd_const, (tl.float32, squash, _uses_sort_init(kind, k, n), out_kind, flip, domain,
-                                          rows, bn, bm)))
+                cf = dict(zip(fwd_const, (tl.float32, squash, _reference.uses_sort_init(kind, k, n), out_kind, flip,
+                                          domain, rows, bn, bm)))
                 variants.append((f"sinkhorn_fwd_{tag}_domain{domain}", _sinkhorn_fwd_kernel,
                                  {**fwd_sig, **{c: "constexpr" for c in fwd_const}}, cf))
             cb = dict(zip(bwd_const, (squash, out_kind, flip, rows, bn, bm)))
