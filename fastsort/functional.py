@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ._autograd import Relaxation, network_apply
+from ._cache import device_constant
 from ._dispatch import resolve_backend
 from ._torch_softmax_sorts import neuralsort_rows, softsort_rows
 from ._validate import as_int, as_positive, as_real
@@ -171,11 +172,11 @@ def sweep_init(kind: str, n: int, k: int, dtype: torch.dtype, device, weights: T
     * ``mask``: the indicator of the top ``k`` positions (``[1, n]``);
     * ``weights``: ``weights[r]`` at rank ``r + 1``, i.e. position ``n - 1 - r`` (``[1, n]``).
     """
-    key = (kind, n, k, weights, dtype, str(device))
-    compiling = torch.compiler.is_compiling()
-    hit = None if compiling else _INITS.get(key)
-    if hit is not None:
-        return hit
+    return device_constant(_INITS, (kind, n, k, weights, dtype, str(device)),
+                           lambda: _sweep_init_block(kind, n, k, dtype, weights).to(device))
+
+
+def _sweep_init_block(kind: str, n: int, k: int, dtype: torch.dtype, weights: Tuple[float, ...]) -> torch.Tensor:
     if kind == "topk":
         init = torch.zeros(k, n, dtype=dtype)
         init[torch.arange(k), n - 1 - torch.arange(k)] = 1
@@ -187,9 +188,6 @@ def sweep_init(kind: str, n: int, k: int, dtype: torch.dtype, device, weights: T
     else:
         init = torch.zeros(1, n, dtype=dtype)
         init[0, n - len(weights):] = torch.tensor(weights[::-1], dtype=dtype)
-    init = init.to(device)
-    if not compiling and len(_INITS) < 4096:
-        _INITS[key] = init
     return init
 
 

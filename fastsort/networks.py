@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._cache import device_constant
 from ._validate import as_int
 
 __all__ = [
@@ -246,15 +247,13 @@ def get_network(kind: str, n: int, device="cpu", k: Optional[int] = None) -> Net
         if k is None or not 1 <= k <= n:
             raise ValueError(f"splitter_selection needs an int k with 1 <= k <= n = {n}, got k={k!r}")
     device = torch.device(device)
-    key = (kind, n, k, str(device))
-    # while torch.compile traces, tensors made here may be fake ones: build, but cache nothing
-    compiling = torch.compiler.is_compiling()
-    table = None if compiling else _DEVICE_CACHE.get(key)
-    if table is None:
+
+    def build():
+        # while torch.compile traces, the CPU tables may be fake tensors: not from the lru_cache either
+        compiling = torch.compiler.is_compiling()
         partner, desc = _build_tables(network_layers(kind, n, k), n) if compiling else _build_cpu(kind, n, k)
         lanes = partner | (desc.to(torch.int32) << 16)  # n <= 2**16 for every kernel size
-        table = NetworkTable(kind, n, k, partner.to(device), partner.long().to(device), desc.to(device),
-                             lanes.to(device))
-        if not compiling:
-            _DEVICE_CACHE[key] = table
-    return table
+        return NetworkTable(kind, n, k, partner.to(device), partner.long().to(device), desc.to(device),
+                            lanes.to(device))
+
+    return device_constant(_DEVICE_CACHE, (kind, n, k, str(device)), build)

@@ -93,6 +93,7 @@ from typing import Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._cache import device_constant
 from ._validate import as_int, as_positive, as_real
 
 __all__ = [
@@ -162,15 +163,11 @@ _TARGETS = {}
 def _target_tensors(kind: str, n: int, k: int, dtype, device):
     """``(b, t, log b in float32)`` of an operator, built once per device and dtype (a training step
     then sends nothing from the host)."""
-    key = (kind, n, k, dtype, str(device))
-    compiling = torch.compiler.is_compiling()
-    hit = None if compiling else _TARGETS.get(key)
-    if hit is None:
+    def build():
         b = _target_weights(kind, n, k, dtype, device)
-        hit = (b, _targets(b.shape[0], dtype, device), b.to(torch.float32).log())
-        if not compiling and len(_TARGETS) < 1024:
-            _TARGETS[key] = hit
-    return hit
+        return b, _targets(b.shape[0], dtype, device), b.to(torch.float32).log()
+
+    return device_constant(_TARGETS, (kind, n, k, dtype, str(device)), build, limit=1024)
 
 
 def uses_sort_init(kind: str, k, n: int) -> bool:
