@@ -12,10 +12,11 @@ All arithmetic is float32.  ``atan`` is a polynomial (``tl.math`` has no
 import triton
 import triton.language as tl
 
+from ..relaxations import DISTRIBUTION_CODES
+
+
 def dist_code(distribution: str) -> int:
     """The ``DIST`` constexpr of a relaxation's name (what the launchers pass)."""
-    from ..relaxations import DISTRIBUTION_CODES
-
     return DISTRIBUTION_CODES[distribution]
 
 

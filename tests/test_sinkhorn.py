@@ -226,7 +226,6 @@ def test_wrong_argument_types(kwargs, match):
         S.sinkhorn_topk(x, k, **kwargs)
 
 
-
 def test_bad_shape_and_dtype():
     with pytest.raises(ValueError, match="2-D"):
         S.sinkhorn_sort(torch.randn(5))

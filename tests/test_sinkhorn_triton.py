@@ -98,4 +98,3 @@ def test_launch_config_warps(monkeypatch, n, m, warps):
 
     monkeypatch.setattr(launch, "interpreting", lambda: False)
     assert S._kernels()._launch_config(n, m)[3] == warps
-
