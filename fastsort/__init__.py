@@ -4,15 +4,20 @@ Public API:
 
 * functional ops: :func:`soft_sort`, :func:`soft_topk`, :func:`soft_rank`,
   :func:`soft_permutation`, :func:`soft_topk_mask`;
+* :data:`METHODS`: the registry of methods (name -> method object with its
+  parameters, defaults and supported ops);
 * losses: :func:`topk_cross_entropy`, :class:`TopKCrossEntropyLoss`,
   :class:`SmoothTopKLoss`, :class:`SmoothHardTopKLoss`;
 * drop-in replacements for the reference packages:
   ``from fastsort.compat import difftopk`` / ``from fastsort.compat import diffsort``.
+
+See docs/design.md for the math and the design.
 """
 from ._version import __version__
-from .functional import METHODS, soft_permutation, soft_rank, soft_sort, soft_topk, soft_topk_mask
+from .functional import soft_permutation, soft_rank, soft_sort, soft_topk, soft_topk_mask
 from .losses import TopKCrossEntropyLoss, topk_cross_entropy
 from .networks import get_network
+from .registry import METHODS
 from .relaxations import DISTRIBUTIONS
 
 __all__ = [

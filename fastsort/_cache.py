@@ -2,8 +2,8 @@
 
 A training step then sends nothing from the host.  One rule for every such
 cache: while ``torch.compile`` traces, the tensors built may be fake ones
-(a fake mode is active), so they are built but never cached -- a cached fake
-tensor once broke every later call (see ``tests/test_compile.py``).
+(a fake mode is active), so they are built but never cached (a cached fake
+tensor would be used by every later call; ``tests/test_compile.py``).
 """
 from __future__ import annotations
 

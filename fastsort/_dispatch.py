@@ -1,7 +1,10 @@
-"""Backend choice: Triton on CUDA (or on CPU under ``TRITON_INTERPRET=1``), torch otherwise.
+"""Backend choice (docs/design.md, "Backends and dispatch").
 
-Every public op calls :func:`resolve_backend` once, after validation, and then
-runs the autograd Function of the chosen backend.
+``auto`` runs a method's Triton kernels on CUDA tensors (and, under
+``TRITON_INTERPRET=1``, Triton's interpreter on CPU tensors when asked for
+explicitly), its compiled CPU kernels (numba) on CPU tensors, and the torch
+reference otherwise.  Every public op calls :func:`choose_backend` once, after
+validation, and passes the result to the method.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "numba")
 
 
 def interpreter_enabled() -> bool:
@@ -127,3 +130,56 @@ def _auto_picks_triton_once() -> bool:
     warnings.warn(f"fastsort: {_triton_status()}; CUDA tensors use the (slower) torch backend", RuntimeWarning,
                   stacklevel=2)
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_status() -> Optional[str]:
+    """None when numba (the CPU kernels' compiler) imports, else why not (checked once, lazily)."""
+    try:
+        import numba  # noqa: F401
+    except Exception as e:  # pragma: no cover - depends on the platform
+        return f"numba does not import ({type(e).__name__}: {e})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_picks_numba() -> bool:
+    if _numba_status() is None:
+        return True
+    warnings.warn(f"fastsort: {_numba_status()}; CPU tensors use the (slower) torch backend; "
+                  "pip install numba to get the compiled CPU kernels", RuntimeWarning, stacklevel=2)
+    return False
+
+
+def choose_backend(x: torch.Tensor, backend: str, kernels: Tuple[str, ...] = ("triton",),
+                   n: Optional[int] = None) -> str:
+    """The backend a method with kernels for ``kernels`` runs ``x`` on: ``"torch"``, ``"triton"`` or ``"numba"``.
+
+    :func:`resolve_backend` for the Triton choice, except that float64 always runs on the torch
+    path (the kernels compute in float32; float64 is for references and gradcheck), and that
+    ``auto`` runs rows longer than the Triton kernels hold in registers (``n > 8192``; ``n``: the
+    row length the kernels will see, default ``x``'s last dim) on the torch path too (an explicit
+    ``backend="triton"`` raises for them instead).  ``auto`` picks the CPU kernels for float32 CPU
+    tensors of a method that has them when numba imports (with a one-time warning when it does
+    not); ``backend="numba"`` asks for them explicitly.
+    """
+    if backend == "numba":
+        if "numba" not in kernels:
+            raise ValueError("backend='numba': this method has no compiled CPU kernels; use backend='auto' or 'torch'")
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='numba' runs on CPU tensors, got device {x.device}; use backend='auto'")
+        if _numba_status() is not None:
+            raise ValueError(f"backend='numba' is not available: {_numba_status()}; use backend='torch'")
+        return "torch" if x.dtype == torch.float64 else "numba"
+    be = resolve_backend(x, backend)
+    if x.dtype == torch.float64:
+        return "torch"
+    if backend == "auto":
+        if be == "triton":
+            from .kernels.launch import MAX_LANES
+
+            if "triton" not in kernels or (x.shape[-1] if n is None else n) > MAX_LANES:
+                return "torch"
+        elif x.device.type == "cpu" and "numba" in kernels and _auto_picks_numba():
+            return "numba"
+    return be

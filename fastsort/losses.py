@@ -13,43 +13,40 @@ the network methods run a single weight vector through the reverse sweep
 ``m`` set, the true logit and the ``m - 1`` largest others are preselected
 (true first, label 0) and only they are sorted; the softmax / cross-entropy
 terms of ``top1_mode`` then also run over those ``m`` logits (difftopk's
-semantics).  On CUDA the whole loss runs in one fused Triton kernel.
+semantics).  On CUDA the whole loss runs in one fused Triton kernel
+(docs/design.md, "Top-k cross-entropy and preselection").
 """
 from __future__ import annotations
 
-import math
 import threading
 from typing import List, Optional, Sequence
 
 import torch
 
+from ._dispatch import choose_backend
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
-from ._validate import as_int, as_positive
-from .functional import (NETWORK_METHODS, REDUCTIONS, _network, _rows_desc, check_logits_labels, check_method,
-                         check_reduction, kernel_backend, parse_params, reduce_loss, sweep_init)
+from ._validate import REDUCTIONS, as_int, as_positive, check_logits_labels, check_p_k, check_reduction
+from .networks import NetworkMethod
+from .registry import METHODS
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
 
 TOP1_MODES = ("sm", "smce", "sort")
-# -inf logits (masked classes) are sorted as this value: finite, so the
-# comparators see a huge difference (alpha exactly 0 or 1) instead of inf - inf.
-_NEG_BIG = -1e30
 
 
-def check_p_k(p_k) -> List[float]:
-    if isinstance(p_k, torch.Tensor):
-        p_k = p_k.detach().cpu().tolist()
-    try:
-        p = [float(v) for v in p_k]
-    except TypeError:
-        raise TypeError(f"p_k must be a sequence of floats, got {type(p_k).__name__}") from None
-    if len(p) == 0:
-        raise ValueError("p_k must not be empty: give the probability of each k = 1..K, e.g. [0.5, 0, 0, 0, 0.5]")
-    if any(not math.isfinite(v) or v < 0 for v in p):
-        raise ValueError(f"p_k must contain finite, non-negative probabilities, got {p}")
-    if abs(sum(p) - 1.0) > 1e-4:
-        raise ValueError(f"p_k must sum to 1, got {p} which sums to {sum(p)}")
-    return p
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """A per-row loss ``[B]`` reduced by ``mean``, ``sum`` or ``none``."""
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def check_top1_mode(top1_mode) -> str:
+    if top1_mode not in TOP1_MODES:
+        raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
+    return top1_mode
 
 
 def rank_weights(p_k: Sequence[float], top1_mode: str) -> List[float]:
@@ -66,9 +63,9 @@ def _without_labels(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
     """A copy of ``logits`` (detached) with each row's label column at ``-inf``.
 
     On the CPU the copy goes into a per-thread scratch buffer: a fresh logits-sized
-    allocation per step (2 MB at B = 500, 1000 classes) is handed back to the OS by
-    glibc and page-faulted in again, in some processes every step (measured: ~400
-    page faults and +1 ms per loss step).  The buffer only feeds ``topk`` below.
+    allocation per step is handed back to the OS by glibc and page-faulted in again
+    (docs/design.md, "Kernel design and the measurements behind it").  The buffer
+    only feeds ``topk`` below.
     """
     x = logits.detach()
     if x.device.type != "cpu" or torch.compiler.is_compiling():
@@ -93,28 +90,10 @@ def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tenso
     return sel.masked_fill(picked_label, float("-inf"))
 
 
-def weighted_column(x: torch.Tensor, labels: torch.Tensor, c: List[float], method: str, p: dict,
-                    backend: str) -> torch.Tensor:
-    """``sum_r c_r P[r, y]`` per row for ``x [B, n]`` (compute dtype): ``[B]``."""
-    n = x.shape[1]
-    K = len(c)
-    v = sweep_init("weights", n, K, x.dtype, x.device, tuple(c))  # [1, n]: c_r at position n - r
-    if method in NETWORK_METHODS:
-        S0 = _network(x.clamp(min=_NEG_BIG), method, p, v, backend, K)[1]
-        return S0[:, 0, :].gather(1, labels.unsqueeze(1)).squeeze(1)
-    rows = _rows_desc(x, K, method, p, backend)  # [B, K, n]
-    col = rows.gather(2, labels.view(-1, 1, 1).expand(-1, K, 1)).squeeze(2)
-    return col @ v[0, n - K:].flip(0)
-
-
-def _method_params(method, inverse_temperature, distribution, art_lambda):
-    inverse_temperature = as_positive(inverse_temperature, "inverse_temperature")
-    if method in NETWORK_METHODS:
-        return parse_params(method, dict(steepness=inverse_temperature, distribution=distribution,
-                                         art_lambda=art_lambda))
-    if method in ("neuralsort", "softsort"):
-        return parse_params(method, dict(tau=1.0 / inverse_temperature))
-    return parse_params(method, dict(epsilon=1.0 / inverse_temperature))
+def _method_params(method: str, inverse_temperature, distribution, art_lambda):
+    """The loss's method object and its parameters."""
+    m = METHODS.lookup(method, "loss")
+    return m, m.loss_params(as_positive(inverse_temperature, "inverse_temperature"), distribution, art_lambda)
 
 
 def topk_cross_entropy(
@@ -158,12 +137,11 @@ def topk_cross_entropy(
         >>> loss.backward()
     """
     check_logits_labels(logits, labels)
-    check_method(method, "loss")
+    METHODS.lookup(method, "loss")
     p = check_p_k(p_k)
-    if top1_mode not in TOP1_MODES:
-        raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
+    check_top1_mode(top1_mode)
     check_reduction(reduction)
-    params = _method_params(method, inverse_temperature, distribution, art_lambda)
+    meth, params = _method_params(method, inverse_temperature, distribution, art_lambda)
     B, C = logits.shape
     K = len(p)
     if m is not None:
@@ -172,17 +150,17 @@ def topk_cross_entropy(
             raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
-    be = kernel_backend(logits, backend, n=m)  # the network sees m wires with preselection
+    be = choose_backend(logits, backend, meth.kernels, n=m)  # the method sees m wires with preselection
     c = rank_weights(p, top1_mode)
-    if be == "triton" and method in NETWORK_METHODS and m is not None and m <= MAX_FUSED_M:
+    if be in ("triton", "numba") and isinstance(meth, NetworkMethod) and m is not None and m <= MAX_FUSED_M:
         # the fused kernel reads the logits in their own dtype (no cast pass)
-        return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), reduction)
+        return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), reduction, be)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
         x = preselect(x, labels, m)
         y = torch.zeros_like(labels)
-    q = weighted_column(x, y, c, method, params, be) if any(c) else x.new_zeros(B)
+    q = meth.loss_column(x, y, tuple(c), params, be) if any(c) else x.new_zeros(B)
     if top1_mode == "sm":
         q = q + p[0] * torch.softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
     loss = -torch.log(q * (1 - 2e-7) + 1e-7)
@@ -207,9 +185,8 @@ class TopKCrossEntropyLoss(torch.nn.Module):
                  top1_mode: str = "sm", reduction: str = "mean", backend: str = "auto"):
         super().__init__()
         self.p_k = check_p_k(p_k)
-        check_method(method, "loss")
-        if top1_mode not in TOP1_MODES:
-            raise ValueError(f"top1_mode must be one of {TOP1_MODES}, got {top1_mode!r}")
+        METHODS.lookup(method, "loss")
+        check_top1_mode(top1_mode)
         check_reduction(reduction)
         _method_params(method, inverse_temperature, distribution, art_lambda)
         if m is not None:

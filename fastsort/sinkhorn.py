@@ -2,7 +2,7 @@
 
 Cuturi, Teboul and Vert, "Differentiable Ranks and Sorting using Optimal
 Transport" (NeurIPS 2019). The semantics follow ``ott.tools.soft_sort`` of
-ott-jax (``sort``, ``ranks``, ``topk_mask``); see SPEC.md, "Sinkhorn sorting".
+ott-jax (``sort``, ``ranks``, ``topk_mask``); see docs/design.md, "Sinkhorn sorting".
 
 Per row ``x`` of length ``n``:
 
@@ -91,10 +91,11 @@ import math
 from typing import Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._cache import device_constant
+from ._kernel_op import KernelOp
 from ._validate import as_int, as_positive, as_real
+from .method import RowsMethod
 
 __all__ = [
     "DEFAULT_MAX_ITER",
@@ -112,9 +113,6 @@ CHECK_EVERY = 10  # ott-jax Sinkhorn.inner_iterations: error checked every 10 it
 DUALSORT_MAX_ITER = 100  # ott-jax SortingInitializer defaults
 DUALSORT_TOL = 1e-2
 STD_EPS = 1e-10
-
-KINDS = ("sort", "rank", "perm", "topk", "mask")
-
 
 def _kernels():
     """The Triton kernels, imported lazily (no import-time side effect)."""
@@ -146,15 +144,143 @@ def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None):
             raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
 
 
-def _target_weights(kind: str, n: int, k: int, dtype, device) -> torch.Tensor:
-    """The target weights ``b`` (length ``m``) of an operator."""
-    if kind == "topk" and k < n:
-        b = torch.full((k + 1,), 1.0 / n, dtype=dtype, device=device)
-        b[0] = (n - k) / n
+# ----------------------------------------------------------------------------
+# the operators: their targets and how their output reads the plan
+# ----------------------------------------------------------------------------
+# The kernels' readout codes: the sorted values, the ranks, or columns of the plan.
+OUT_SORT, OUT_RANK, OUT_PLAN = 0, 1, 2
+
+
+class Operator:
+    """One Sinkhorn operator: its ``m`` targets with weights ``b``, its initialisation, and how its
+    output reads the plan ``T [R, n, m]`` (forward) and maps a cotangent back onto it (backward).
+    Every per-operator decision lives in these classes (and :data:`OPERATORS`)."""
+
+    def n_targets(self, n: int, k) -> int:
+        return n
+
+    def weights(self, n: int, k, dtype, device) -> torch.Tensor:
+        return torch.full((self.n_targets(n, k),), 1.0 / n, dtype=dtype, device=device)
+
+    def sort_init(self, n: int, k) -> bool:
+        """OTT's full ``sort`` starts from the DualSort initialiser; ranks and top-k (k < n) from zero."""
+        return False
+
+    def out_suffix(self, n: int, k) -> tuple:
+        return (n,)
+
+    def readout(self, n: int, k) -> tuple:
+        """The kernels' view: ``(OUT_KIND, FLIP, ncol, col0)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define its kernel readout")
+
+    def output(self, T, x, n: int, k):
+        raise NotImplementedError(f"{type(self).__name__} must define its output")
+
+    def cotangent(self, grad, x, T, n: int, k):
+        """``G = dL/dT [R, n, m]`` for an output cotangent ``grad``."""
+        raise NotImplementedError(f"{type(self).__name__} must define its cotangent")
+
+
+class _Sort(Operator):
+    def sort_init(self, n, k):
+        return True
+
+    def readout(self, n, k):
+        return OUT_SORT, False, n, 0
+
+    def output(self, T, x, n, k):
+        return n * torch.einsum("rij,ri->rj", T, x)
+
+    def cotangent(self, grad, x, T, n, k):
+        return n * x[:, :, None] * grad[:, None, :]
+
+
+class _Rank(Operator):
+    def readout(self, n, k):
+        return OUT_RANK, False, n, 0
+
+    def output(self, T, x, n, k):
+        r = torch.arange(T.shape[2], dtype=T.dtype, device=T.device)
+        return n * (T @ r) + 1
+
+    def cotangent(self, grad, x, T, n, k):
+        r = torch.arange(T.shape[2], dtype=T.dtype, device=T.device)
+        return n * grad[:, :, None] * r
+
+
+class _Permutation(_Sort):
+    def out_suffix(self, n, k):
+        return (n, n)
+
+    def readout(self, n, k):
+        return OUT_PLAN, False, n, 0
+
+    def output(self, T, x, n, k):
+        return n * T.transpose(1, 2)
+
+    def cotangent(self, grad, x, T, n, k):
+        return n * grad.transpose(1, 2)
+
+
+class _TopK(Operator):
+    """``k + 1`` targets weighted ``[(n-k)/n, 1/n, ..., 1/n]`` (the full sort when ``k == n``)."""
+
+    def n_targets(self, n, k):
+        return n if k == n else k + 1
+
+    def weights(self, n, k, dtype, device):
+        b = torch.full((self.n_targets(n, k),), 1.0 / n, dtype=dtype, device=device)
+        if k < n:
+            b[0] = (n - k) / n
         return b
-    if kind == "mask":
+
+    def sort_init(self, n, k):
+        return k == n
+
+    def out_suffix(self, n, k):
+        return (k, n)
+
+    def readout(self, n, k):
+        return OUT_PLAN, True, k, 0
+
+    def output(self, T, x, n, k):
+        return n * T[:, :, T.shape[2] - k:].flip(-1).transpose(1, 2)
+
+    def cotangent(self, grad, x, T, n, k):
+        G = torch.zeros_like(T)
+        G[:, :, T.shape[2] - k:] = n * grad.flip(1).transpose(1, 2)
+        return G
+
+
+class _Mask(Operator):
+    """Two targets weighted ``[1 - k/n, k/n]``: the mass each input sends to the upper one."""
+
+    def n_targets(self, n, k):
+        return 2
+
+    def weights(self, n, k, dtype, device):
         return torch.tensor([1.0 - k / n, k / n], dtype=dtype, device=device)
-    return torch.full((n,), 1.0 / n, dtype=dtype, device=device)
+
+    def readout(self, n, k):
+        return OUT_PLAN, False, 1, 1
+
+    def output(self, T, x, n, k):
+        return n * T[:, :, 1]
+
+    def cotangent(self, grad, x, T, n, k):
+        G = torch.zeros_like(T)
+        G[:, :, 1] = n * grad
+        return G
+
+
+#: operator name -> its definition (the ``kind`` argument everywhere in this module and the kernels)
+OPERATORS = {"sort": _Sort(), "rank": _Rank(), "perm": _Permutation(), "topk": _TopK(), "mask": _Mask()}
+KINDS = tuple(OPERATORS)
+
+
+def uses_sort_init(kind: str, k, n: int) -> bool:
+    """Whether operator ``kind`` starts from OTT's DualSort initialiser."""
+    return OPERATORS[kind].sort_init(n, k)
 
 
 _TARGETS = {}
@@ -164,15 +290,10 @@ def _target_tensors(kind: str, n: int, k: int, dtype, device):
     """``(b, t, log b in float32)`` of an operator, built once per device and dtype (a training step
     then sends nothing from the host)."""
     def build():
-        b = _target_weights(kind, n, k, dtype, device)
+        b = OPERATORS[kind].weights(n, k, dtype, device)
         return b, _targets(b.shape[0], dtype, device), b.to(torch.float32).log()
 
     return device_constant(_TARGETS, (kind, n, k, dtype, str(device)), build, limit=1024)
-
-
-def uses_sort_init(kind: str, k, n: int) -> bool:
-    """OTT's full ``sort`` starts from the DualSort initialiser; ranks and top-k (k < n) from zero."""
-    return kind in ("sort", "perm") or (kind == "topk" and k == n)
 
 
 def _targets(m: int, dtype, device) -> torch.Tensor:
@@ -271,39 +392,6 @@ def _plan(z, t, f, g, epsilon):
     return torch.exp((f[:, :, None] + g[:, None, :] - cost) / epsilon)
 
 
-def _outputs_from_plan(kind, T, x, n, k):
-    if kind == "sort":
-        return n * torch.einsum("rij,ri->rj", T, x)
-    if kind == "rank":
-        r = torch.arange(T.shape[2], dtype=T.dtype, device=T.device)
-        return n * (T @ r) + 1
-    if kind == "perm":
-        return n * T.transpose(1, 2)
-    if kind == "topk":
-        return n * T[:, :, T.shape[2] - k:].flip(-1).transpose(1, 2)
-    if kind == "mask":
-        return n * T[:, :, 1]
-    raise ValueError(kind)
-
-
-def _plan_cotangent(kind, grad, x, T, n, k):
-    """``G = dL/dT`` [R, n, m] for an output cotangent ``grad``."""
-    R, _, m = T.shape
-    if kind == "sort":
-        return n * x[:, :, None] * grad[:, None, :]
-    if kind == "rank":
-        r = torch.arange(m, dtype=T.dtype, device=T.device)
-        return n * grad[:, :, None] * r
-    if kind == "perm":
-        return n * grad.transpose(1, 2)
-    G = torch.zeros_like(T)
-    if kind == "topk":
-        G[:, :, m - k:] = n * grad.flip(1).transpose(1, 2)
-    else:  # mask
-        G[:, :, 1] = n * grad
-    return G
-
-
 def implicit_duals_torch(T, b, u, v):
     """Solve the Schur system for ``(lam, mu)`` (float64 internally)."""
     dtype = T.dtype
@@ -320,7 +408,7 @@ def implicit_duals_torch(T, b, u, v):
 def backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash):
     """Hand-written implicit backward of the torch reference; returns dL/dx."""
     T = _plan(z, t, f, g, epsilon)
-    G = _plan_cotangent(kind, grad, x, T, n, k)
+    G = OPERATORS[kind].cotangent(grad, x, T, n, k)
     GT = G * T
     u, v = GT.sum(2), GT.sum(1)
     lam, mu = implicit_duals_torch(T, b, u, v)
@@ -333,118 +421,65 @@ def backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash):
 
 
 # ----------------------------------------------------------------------------
-# autograd Function shared by both backends
+# the kernel-backed op (both backends)
 # ----------------------------------------------------------------------------
-
-
-def _n_targets(kind: str, n: int, k) -> int:
-    """``m``, the number of target bins of an operator (the length of its ``b``)."""
-    if kind == "topk" and k < n:
-        return k + 1
-    return 2 if kind == "mask" else n
 
 
 def _backend_for(backend: str, kind: str, n: int, k) -> str:
     """The register-tile kernels hold a row's ``n x m`` plan: larger rows run on the torch reference."""
-    if backend == "triton" and not _kernels().supports(n, _n_targets(kind, n, k)):
+    if backend == "triton" and not _kernels().supports(n, OPERATORS[kind].n_targets(n, k)):
         return "torch"
     return backend
 
 
-def _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend):
-    """``(out, z, f, g, backend used)``: the operator's output, the squashed inputs and the potentials."""
+def _forward(x: torch.Tensor, kind: str, k: int, epsilon: float, max_iter: int, threshold: float, squash: bool,
+             backend: str, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, z, f, g)``: the operator's output, the squashed inputs and the potentials (``k = 0``: no k)."""
+    k = k or None
     n = x.shape[1]
     b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
-    backend = _backend_for(backend, kind, n, k)
-    if backend == "triton":
-        out, z, f, g = _kernels().sinkhorn_forward(
-            x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter, threshold=threshold, squash=squash,
-            logb=logb,
-        )
+    if _backend_for(backend, kind, n, k) == "triton":
+        out, z, f, g = _kernels().sinkhorn_fwd(x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter,
+                                              threshold=threshold, squash=squash, logb=logb)
     else:
         z = squash_forward(x, squash)
         f0 = dualsort_init_torch(z, t) if uses_sort_init(kind, k, n) else None
         f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
-        out = _outputs_from_plan(kind, _plan(z, t, f, g, epsilon), x, n, k)
-    return out, z, f, g, backend
-
-
-def _backward_impl(grad, x, z, f, g, kind, k, epsilon, squash, backend):
-    """``dL/dx`` by implicit differentiation at the potentials ``f, g`` (``backend`` as used forward)."""
-    n = x.shape[1]
-    b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
-    grad = grad.contiguous()
-    if backend == "triton":
-        return _kernels().sinkhorn_backward(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash,
-                                            logb=logb)
-    return backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash)
-
-
-class _SinkhornFunction(torch.autograd.Function):
-    """Eager mode: one Function for both backends (``torch.compile`` uses the custom ops below)."""
-
-    @staticmethod
-    def forward(ctx, x, kind, k, epsilon, max_iter, threshold, squash, backend):
-        out, z, f, g, backend = _forward_impl(x, kind, k, epsilon, max_iter, threshold, squash, backend)
-        ctx.save_for_backward(x, z, f, g)
-        ctx.cfg = (kind, k, epsilon, squash, backend)
-        return out
-
-    @staticmethod
-    @once_differentiable  # the implicit backward is not itself differentiable: raise, never a silent 0
-    def backward(ctx, grad):
-        x, z, f, g = ctx.saved_tensors
-        dx = _backward_impl(grad, x, z, f, g, *ctx.cfg)
-        return dx, None, None, None, None, None, None, None
-
-
-# The same computation as custom ops, for torch.compile: opaque to the tracer (the iterations stop
-# on data-dependent convergence, and the Triton launchers pass raw addresses), with shapes from
-# the fake implementations.  ``k = 0`` stands for "no k".
-
-
-@torch.library.custom_op("fastsort::sinkhorn_forward", mutates_args=())
-def _sinkhorn_forward_op(x: torch.Tensor, kind: str, k: int, epsilon: float, max_iter: int, threshold: float,
-                         squash: bool, backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, z, f, g, _ = _forward_impl(x, kind, k or None, epsilon, max_iter, threshold, squash, backend)
+        out = OPERATORS[kind].output(_plan(z, t, f, g, epsilon), x, n, k)
     # outputs may not alias the input (z is x itself without squashing) nor be views (the torch
     # path's plan columns are a transposed one)
     return out.contiguous(), (z.clone() if z is x else z), f, g
 
 
-@_sinkhorn_forward_op.register_fake
-def _(x, kind, k, epsilon, max_iter, threshold, squash, backend):
+def _forward_fake(x, kind, k, epsilon, max_iter, threshold, squash, backend, need_grad):
     R, n = x.shape
-    m = _n_targets(kind, n, k or None)
-    suffix = {"sort": (n,), "rank": (n,), "mask": (n,), "perm": (n, n), "topk": (k, n)}[kind]
-    return x.new_empty((R,) + suffix), x.new_empty((R, n)), x.new_empty((R, n)), x.new_empty((R, m))
+    op = OPERATORS[kind]
+    m = op.n_targets(n, k or None)
+    return x.new_empty((R,) + op.out_suffix(n, k or None)), x.new_empty((R, n)), x.new_empty((R, n)), \
+        x.new_empty((R, m))
 
 
-@torch.library.custom_op("fastsort::sinkhorn_backward", mutates_args=())
-def _sinkhorn_backward_op(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
-                          kind: str, k: int, epsilon: float, squash: bool, backend: str) -> torch.Tensor:
-    backend = _backend_for(backend, kind, x.shape[1], k or None)  # as the forward decided
-    return _backward_impl(grad, x, z, f, g, kind, k or None, epsilon, squash, backend)
+def _backward(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+              kind: str, k: int, epsilon: float, max_iter: int, threshold: float, squash: bool,
+              backend: str) -> torch.Tensor:
+    """``dL/dx`` by implicit differentiation at the potentials ``f, g``."""
+    k = k or None
+    n = x.shape[1]
+    b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
+    grad = grad.contiguous()
+    if _backend_for(backend, kind, n, k) == "triton":  # as the forward decided
+        return _kernels().sinkhorn_bwd(grad, x, z, f, g, b, kind=kind, k=k, epsilon=epsilon, squash=squash,
+                                       logb=logb)
+    return backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash)
 
 
-@_sinkhorn_backward_op.register_fake
-def _(grad, x, z, f, g, kind, k, epsilon, squash, backend):
+def _backward_fake(grad, x, z, f, g, kind, k, epsilon, max_iter, threshold, squash, backend):
     return torch.empty_like(x)
 
 
-def _sinkhorn_setup_context(ctx, inputs, output):
-    x, kind, k, epsilon, max_iter, threshold, squash, backend = inputs
-    _, z, f, g = output
-    ctx.save_for_backward(x, z, f, g)
-    ctx.cfg = (kind, k, epsilon, squash, backend)
-
-
-def _sinkhorn_op_backward(ctx, grad, gz, gf, gg):
-    x, z, f, g = ctx.saved_tensors
-    return _sinkhorn_backward_op(grad, x, z, f, g, *ctx.cfg), None, None, None, None, None, None, None
-
-
-_sinkhorn_forward_op.register_autograd(_sinkhorn_op_backward, setup_context=_sinkhorn_setup_context)
+# the output, then the saved state ``z, f, g``; the input ``x`` is saved too
+SINKHORN_OP = KernelOp("sinkhorn", _forward, _backward, forward_fake=_forward_fake, backward_fake=_backward_fake,
+                       n_outputs=1, save_inputs=(0,))
 
 
 def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend):
@@ -455,16 +490,58 @@ def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend):
         backend = resolve_backend(x, backend)
     if backend not in ("torch", "triton"):
         raise ValueError(f"backend must be 'torch', 'triton' or 'auto', got {backend!r}")
-    n = x.shape[1]
-    if kind == "mask" and k == n:
+    return _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend)
+
+
+def _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend):
+    """Operator ``kind`` on checked rows ``x [R, n]`` and parameters, for a resolved backend."""
+    if kind == "mask" and k == x.shape[1]:
         return torch.ones_like(x) + 0 * x  # everything is in the top n; NaN stays NaN
-    if kind == "topk" and k == n:
-        k = n  # full sort, m = n targets of weight 1/n
-    x = x.contiguous()
-    args = (kind, k, float(epsilon), int(max_iter), float(threshold), bool(squash), backend)
-    if torch.compiler.is_compiling():
-        return _sinkhorn_forward_op(x, kind, int(k or 0), *args[2:])[0]
-    return _SinkhornFunction.apply(x, *args)
+    return SINKHORN_OP(x.contiguous(), kind, int(k or 0), float(epsilon), int(max_iter), float(threshold),
+                       bool(squash), backend)
+
+
+class Sinkhorn(RowsMethod):
+    """Sinkhorn sorting (ott-jax's ``soft_sort``): parameters ``epsilon=1e-2`` (``1 / inverse_temperature``
+    in the loss), ``max_iter=2000``, ``threshold=1e-3``, ``squash=True``."""
+
+    defaults = {"epsilon": DEFAULT_EPSILON, "max_iter": DEFAULT_MAX_ITER, "threshold": DEFAULT_THRESHOLD,
+                "squash": True}
+    kernels = ("triton",)
+
+    def check(self, p):
+        p["epsilon"] = as_positive(p["epsilon"], "epsilon")
+        if p["max_iter"] is None:
+            p["max_iter"] = DEFAULT_MAX_ITER
+        p["max_iter"] = as_int(p["max_iter"], "max_iter")
+        if p["max_iter"] < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {p['max_iter']!r}")
+        p["threshold"] = as_real(p["threshold"], "threshold")
+        if not p["threshold"] > 0:
+            raise ValueError(f"threshold must be a number > 0, got {p['threshold']!r}")
+        p["squash"] = bool(p["squash"])
+        return p
+
+    def loss_params(self, inverse_temperature, distribution, art_lambda):
+        return self.parse(dict(epsilon=1.0 / inverse_temperature))
+
+    def _op(self, kind, x, k, p, backend):
+        return _apply(kind, x, k, p["epsilon"], p["max_iter"], p["threshold"], p["squash"], backend)
+
+    def sort(self, x, p, backend):
+        return self._op("sort", x, None, p, backend)
+
+    def rank(self, x, p, backend):
+        return self._op("rank", x, None, p, backend)
+
+    def permutation(self, x, p, backend):
+        return self._op("perm", x, None, p, backend)
+
+    def topk(self, x, k, p, backend):
+        return self._op("topk", x, k, p, backend)
+
+    def topk_mask(self, x, k, p, backend):
+        return self._op("mask", x, k, p, backend)
 
 
 def sinkhorn_sort(x, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,

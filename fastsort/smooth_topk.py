@@ -34,7 +34,8 @@ import math
 import torch
 
 from ._validate import as_int, as_positive, as_real
-from .functional import check_logits_labels, check_reduction, reduce_loss
+from ._validate import check_logits_labels, check_reduction
+from .losses import reduce_loss
 
 __all__ = [
     "log_elementary_symmetric",

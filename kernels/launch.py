@@ -1,5 +1,8 @@
 """Launch heuristics and argument passing shared by every fastsort kernel.
 
+The measurements behind these rules are in docs/design.md, "Kernel design and
+the measurements behind it".
+
 The rules below (rows per program, warps, column blocks) are used by every
 launcher; what is specific to one kernel (the network sweeps' split of lines
 over programs, the Sinkhorn register-tile limit, the fused loss's warp per
@@ -15,10 +18,8 @@ a program takes as many rows as fit in ~64K elements.
 
 Tensor arguments travel as integer addresses
 --------------------------------------------
-Triton's launcher validates every tensor argument with a CUDA driver call
-(``cuPointerGetAttribute``).  On virtualised GPU machines, like the ones this
-project benchmarks on, a driver call costs tens of microseconds: more than a
-fused loss kernel runs at B = 4096.  So the launchers pass each tensor as its
+Triton's launcher validates every tensor argument with a CUDA driver call,
+which can cost more host time than a small kernel's GPU time.  So the launchers pass each tensor as its
 address (:func:`address`, after :func:`aligned` made sure it is contiguous and
 16-byte aligned) and the kernels turn it back into a typed pointer with
 :func:`as_pointer`, which also tells the compiler about the alignment (vector
@@ -38,11 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .._dispatch import interpreter_enabled
 
 #: largest power-of-two row width the network kernels hold in registers
 MAX_LANES = 8192
@@ -55,7 +57,7 @@ TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
 
 #: whether ``@triton.jit`` made the kernels interpreted: Triton reads ``TRITON_INTERPRET`` when
 #: the kernel modules are imported (with this one), so a later change of the variable changes nothing
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERPRETING = interpreter_enabled()
 
 
 def interpreting() -> bool:
@@ -64,13 +66,13 @@ def interpreting() -> bool:
 
 
 def next_pow2(n: int) -> int:
-    """The smallest power of two >= ``n`` (>= 1); plain Python: ``triton.next_power_of_2`` goes through
-    Triton's constexpr-function machinery, ~4 us per call, and launchers call this several times."""
+    """The smallest power of two >= ``n`` (>= 1), in plain Python (cheaper on the host than
+    ``triton.next_power_of_2``)."""
     return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` in plain Python (``triton.cdiv`` costs microseconds per call on the host)."""
+    """``ceil(a / b)`` in plain Python (cheaper on the host than ``triton.cdiv``)."""
     return -(-a // b)
 
 
@@ -97,10 +99,8 @@ def num_warps(tile_elems: int, per_thread: int = 16, programs: int | None = None
     With a grid of ``programs`` smaller than ``MIN_PROGRAMS`` most SMs idle anyway and each
     program's time is the latency of its chain of dependent steps (a network's layers, each
     behind a barrier): the tile is then spread over 4x more warps (down to 2 elements per
-    thread), which cuts the per-thread work of every step ~3x (sm_90 SASS of the network
-    forward at n = 1024: 648 instructions per thread with 4 warps, 216 with 16).
-    ``max_per_thread`` bounds the registers: the network backward holds 16 elements per thread
-    at n = 8192 with 16 warps and spills (58 local loads/stores in its sm_90 SASS); 32 warps, 4.
+    thread), which cuts the per-thread work of every step.  ``max_per_thread`` bounds the
+    registers (the network backward at n = 8192 would spill with 16 warps).
     """
     if interpreting():
         return 1

@@ -21,8 +21,8 @@ row ``f // NP``) and the partner index is ``f - lane + partner``.  This is a
 performance choice, not a style one: Triton lowers a 1-D ``tl.gather`` through
 shared memory (one store, a barrier, one load per element), while a gather
 along an axis of a 2-D tensor gets a warp-local layout whose shuffle count
-grows with the square of the axis length (1024 shuffles per thread per gather
-at ``n = 1024``, checked in the SASS for sm_90 with triton 3.6 and 3.7).
+grows with the square of the axis length (docs/design.md, "Kernel design and
+the measurements behind it").
 
 The forward writes the per-layer mixing weights ``W [R, D, n]`` and layer
 inputs ``XIN [R, D, n]`` once (only when a gradient is needed); the backward
@@ -32,8 +32,8 @@ backward walks the layers in reverse and needs each layer's input, and
 would first rerun the forward writing the same ``XIN`` to scratch -- the same
 memory traffic plus a second chain of ``D`` dependent layers (the latency that
 bounds these kernels on small batches).  The cost of saving is activation
-memory: ``8 D n`` bytes per row (29 MB for B = 64 rows of n = 1024, bitonic
-D = 55), next to difftopk's dense ``n x n`` matrices per layer.
+memory: ``8 D n`` bytes per row, next to difftopk's dense ``n x n`` matrices
+per layer.
 
 Sweep tiles hold ``CB`` of the ``C`` columns of ``S^D`` per row ("lines").
 When ``C`` is split over several programs (the full permutation matrix), the
@@ -49,6 +49,7 @@ import triton.language as tl
 
 from .launch import MAX_LANES, address, aligned, as_pointer, cdiv, next_pow2, num_warps, on_tensor_device, \
     rows_per_program
+from ..relaxations import RELAXATIONS
 from .relaxations import dist_code, relax
 
 
@@ -115,7 +116,7 @@ def sweep_tile(pid, cid, R, n, C, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.c
 
 
 @triton.jit
-def network_forward_kernel(
+def _network_fwd_kernel(
     X, Y, W, XIN, LANES,
     R, n, D, steepness, art_lambda,
     DIST: tl.constexpr, SAVE_W: tl.constexpr, SAVE_X: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
@@ -144,7 +145,7 @@ def network_forward_kernel(
 
 
 @triton.jit
-def network_sweep_kernel(
+def _sweep_fwd_kernel(
     W, INIT, S0, SHIST, LANES,
     R, n, D, C,
     SAVE: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
@@ -166,7 +167,7 @@ def network_sweep_kernel(
 
 
 @triton.jit
-def network_sweep_backward_kernel(
+def _sweep_bwd_kernel(
     GS0, W, SHIST, GW, LANES,
     R, n, D, C, PART,
     ATOMIC: tl.constexpr, ROWS: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr,
@@ -202,7 +203,7 @@ def network_sweep_backward_kernel(
 
 
 @triton.jit
-def network_backward_kernel(
+def _network_bwd_kernel(
     GY, GW, W, XIN, GX, LANES,
     R, n, D, steepness, art_lambda,
     DIST: tl.constexpr, HAS_GY: tl.constexpr, HAS_GW: tl.constexpr, ROWS: tl.constexpr, NP: tl.constexpr,
@@ -260,8 +261,8 @@ def _sweep_blocks(R: int, C: int, NP: int):
 
 
 @on_tensor_device
-def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_params, need_grad: bool):
-    """Triton forward: ``(y, S0, saved)`` like ``fastsort._torch_network.network_apply``.
+def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_params, need_grad: bool):
+    """Triton forward: ``(y, S0, saved)`` like ``fastsort._torch_network.network_fwd``.
 
     ``x [R, n]`` float32 (contiguous); ``init [C, n]``.
     """
@@ -278,7 +279,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
     ROWS = rows_per_program(R, NP)
     if R:  # an empty batch launches nothing; its buffers keep their shapes for the backward
         grid = (cdiv(R, ROWS),)
-        network_forward_kernel[grid](
+        _network_fwd_kernel[grid](
             address(x), address(y), address(W), address(XIN), address(table.lanes),
             R, n, D, float(steepness), float(art_lambda),
             DIST=dist_code(distribution), SAVE_W=save_w, SAVE_X=need_grad, ROWS=ROWS, NP=NP,
@@ -293,7 +294,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
         ROWS_S, CB, n_cprog = _sweep_blocks(R, C, NP)
         grid = (cdiv(R, ROWS_S), n_cprog)
         if R:
-            network_sweep_kernel[grid](
+            _sweep_fwd_kernel[grid](
                 address(W), address(init), address(S0), address(SHIST), address(table.lanes),
                 R, n, D, C,
                 SAVE=need_grad, ROWS=ROWS_S, CB=CB, NP=NP,
@@ -303,7 +304,7 @@ def network_apply(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_pa
 
 
 @on_tensor_device
-def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Optional[torch.Tensor]):
+def network_bwd(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Optional[torch.Tensor]):
     """Triton backward: ``dL/dx [R, n]`` from ``dL/dy`` and ``dL/dS0`` (either may be None)."""
     distribution, steepness, art_lambda = relax_params
     W, XIN, SHIST = saved
@@ -323,7 +324,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         shape = (n_cprog, R, D, n) if partials else (R, D, n)
         GW = (torch.zeros if split and not partials else torch.empty)(shape, device=W.device, dtype=torch.float32)
         grid = (cdiv(R, ROWS_S), n_cprog)
-        network_sweep_backward_kernel[grid](
+        _sweep_bwd_kernel[grid](
             address(gS0), address(W), address(SHIST), address(GW), address(table.lanes),
             R, n, D, C, R * D * n if partials else 0,
             ATOMIC=split and not partials, ROWS=ROWS_S, CB=CB, NP=NP,
@@ -336,7 +337,7 @@ def network_apply_backward(saved, table, relax_params, gy: Optional[torch.Tensor
         gy = aligned(gy.to(torch.float32))
     ROWS = rows_per_program(R, NP)
     grid = (cdiv(R, ROWS),)
-    network_backward_kernel[grid](
+    _network_bwd_kernel[grid](
         address(gy if gy is not None else gx), address(GW if GW is not None else W), address(W), address(XIN),
         address(gx), address(table.lanes),
         R, n, D, float(steepness), float(art_lambda),
@@ -362,16 +363,14 @@ def aot_variants():
                "R": "i32", "n": "i32", "D": "i32", "steepness": "fp32", "art_lambda": "fp32",
                "DIST": "constexpr", "HAS_GY": "constexpr", "HAS_GW": "constexpr", "ROWS": "constexpr",
                "NP": "constexpr"}
-    from ..relaxations import DISTRIBUTIONS
-
-    for code, name in enumerate(DISTRIBUTIONS):
+    for name, (code, *_) in RELAXATIONS.items():
         for save_w, save_x in ((False, False), (True, False), (True, True)):
             sig = dict(fwd_sig, W="i64" if save_w else "i32", XIN="i64" if save_x else "i32")
-            out.append((f"network_forward_kernel-{name}-savew{int(save_w)}-savex{int(save_x)}",
-                        network_forward_kernel, sig,
+            out.append((f"_network_fwd_kernel-{name}-savew{int(save_w)}-savex{int(save_x)}",
+                        _network_fwd_kernel, sig,
                         dict(DIST=code, SAVE_W=save_w, SAVE_X=save_x, ROWS=8, NP=128)))
         for has_gy, has_gw in ((True, True), (True, False), (False, True)):
-            out.append((f"network_backward_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", network_backward_kernel,
+            out.append((f"_network_bwd_kernel-{name}-gy{int(has_gy)}-gw{int(has_gw)}", _network_bwd_kernel,
                         bwd_sig, dict(DIST=code, HAS_GY=has_gy, HAS_GW=has_gw, ROWS=8, NP=128)))
     sw_sig = {"W": "i64", "INIT": "i64", "S0": "i64", "SHIST": "i64", "LANES": "i64",
               "R": "i32", "n": "i32", "D": "i32", "C": "i32",
@@ -380,10 +379,10 @@ def aot_variants():
                "R": "i32", "n": "i32", "D": "i32", "C": "i32", "PART": "i32",
                "ATOMIC": "constexpr", "ROWS": "constexpr", "CB": "constexpr", "NP": "constexpr"}
     for save in (False, True):
-        out.append((f"network_sweep_kernel-save{int(save)}", network_sweep_kernel,
+        out.append((f"_sweep_fwd_kernel-save{int(save)}", _sweep_fwd_kernel,
                     dict(sw_sig, SHIST="i64" if save else "i32"),
                     dict(SAVE=save, ROWS=2, CB=8, NP=128)))
     for atomic in (False, True):
-        out.append((f"network_sweep_backward_kernel-atomic{int(atomic)}", network_sweep_backward_kernel, swb_sig,
+        out.append((f"_sweep_bwd_kernel-atomic{int(atomic)}", _sweep_bwd_kernel, swb_sig,
                     dict(ATOMIC=atomic, ROWS=2, CB=8, NP=128)))
     return out

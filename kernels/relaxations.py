@@ -1,23 +1,16 @@
-"""The six relaxed comparators as Triton device functions (one implementation each).
+"""The six relaxed comparators as Triton device functions (docs/design.md, "Relaxed comparators").
 
 ``relax(d, steepness, art_lambda, DIST)`` returns ``(alpha, dalpha/dd)`` for the
-comparator difference ``d = x[hi] - x[lo]``; ``DIST`` is a ``constexpr``
-integer code, the index into ``fastsort.relaxations.DISTRIBUTIONS``:
-
-    0 logistic, 1 logistic_phi, 2 gaussian, 3 reciprocal, 4 cauchy, 5 optimal
-
-All arithmetic is float32.  ``atan`` is a polynomial (``tl.math`` has no
-``atan`` under the interpreter, and this keeps one code path for both).
+comparator difference ``d = x[hi] - x[lo]``; ``DIST`` is a ``constexpr``, the
+relaxation's code in the one table ``fastsort.relaxations.RELAXATIONS``
+(an unknown code fails to compile).  All arithmetic is float32.  ``atan`` is a
+polynomial: ``tl.math`` has no ``atan`` under the interpreter, and this keeps
+one code path for both.
 """
 import triton
 import triton.language as tl
 
-from ..relaxations import DISTRIBUTION_CODES
-
-
-def dist_code(distribution: str) -> int:
-    """The ``DIST`` constexpr of a relaxation's name (what the launchers pass)."""
-    return DISTRIBUTION_CODES[distribution]
+from ..relaxations import relaxation_code as dist_code  # noqa: F401  (the launchers' ``DIST`` constexpr)
 
 
 PI = tl.constexpr(3.141592653589793)
@@ -65,6 +58,7 @@ def relax(d, steepness, art_lambda, DIST: tl.constexpr):
         alpha = atan(v) / PI + 0.5
         slope = steepness / (PI * (1.0 + v * v))
     else:  # optimal (monotonic, Petersen et al. ICLR 2022)
+        tl.static_assert(DIST == 5, "unknown relaxation code: see fastsort.relaxations.RELAXATIONS")
         v = steepness * d
         av = tl.abs(v)
         outer = av > 0.25

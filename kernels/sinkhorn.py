@@ -3,7 +3,7 @@ Sinkhorn sorting in Triton
 ==========================
 
 Fused kernels for the Sinkhorn soft sort / ranks / permutation / top-k of
-``fastsort.sinkhorn`` (see that module and SPEC.md, "Sinkhorn sorting", for the
+``fastsort.sinkhorn`` (see that module and docs/design.md, "Sinkhorn sorting", for the
 maths). This file is written in the literate style of Triton's tutorials.
 
 Layout
@@ -13,9 +13,8 @@ along axis 2 and the ``m`` targets along axis 1 of a ``[ROWS, BLOCK_M,
 BLOCK_N]`` register tile (power-of-two blocks with masks). Several rows per
 program keep the GPU busy when ``n`` is small (top-k has ``m = k + 1``).
 Sources last: a thread then holds every target of its sources, so the sums
-over targets stay in registers (in the sm_90 SASS a scaling-domain iteration
-at ``[1, 8, 1024]`` is ~320 instructions per thread, ~1060 with the axes
-swapped).
+over targets stay in registers (docs/design.md, "Kernel design and the
+measurements behind it").
 
 * The cost ``C_ij = (z_i - t_j)^2`` is never stored: it is recomputed from the
   squashed inputs ``z`` (in registers) and the targets ``t_j = j / (m - 1)``
@@ -68,7 +67,9 @@ MAX_TILE = 16384
 # Scaling-domain iterations when max C_ij / eps <= SCALING_MAX (see the module docstring).
 SCALING_MAX = 20.0
 
-OUT_SORT, OUT_RANK, OUT_PLAN = 0, 1, 2
+# the operators' readout codes (``fastsort.sinkhorn.Operator.readout``)
+OUT_SORT = tl.constexpr(_reference.OUT_SORT)
+OUT_RANK = tl.constexpr(_reference.OUT_RANK)
 
 
 # %%
@@ -242,11 +243,11 @@ def _sinkhorn_fwd_kernel(
     tl.store(G + rows64[:, None] * m + jj[None, :], g, mask=gmask)
 
     # -- outputs from the plan n T
-    if OUT_KIND == 0:
+    if OUT_KIND == OUT_SORT:
         # sorted values  n T^T x  -> [R, m]
         sv = tl.sum(plan * x[:, None, :], axis=2)
         tl.store(OUT + rows64[:, None] * m + jj[None, :], sv, mask=gmask)
-    elif OUT_KIND == 1:
+    elif OUT_KIND == OUT_RANK:
         # ranks  n T [0..m-1] + 1 -> [R, n]
         rk = tl.sum(plan * jj.to(tl.float32)[None, :, None], axis=1) + 1.0
         tl.store(OUT + rows64[:, None] * n + ii[None, :], rk, mask=nmask)
@@ -294,10 +295,10 @@ def _sinkhorn_bwd_kernel(
     T = tl.where(valid, tl.exp((f[:, None, :] + g[:, :, None] - cost) / eps), 0.0)
 
     # -- G = dL/dT from the output cotangent
-    if OUT_KIND == 0:
+    if OUT_KIND == OUT_SORT:
         ds = tl.load(DOUT + rows64[:, None] * m + jj[None, :], mask=gmask, other=0.0).to(tl.float32)
         Gc = nf * x[:, None, :] * ds[:, :, None]
-    elif OUT_KIND == 1:
+    elif OUT_KIND == OUT_RANK:
         dr = tl.load(DOUT + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
         Gc = nf * dr[:, None, :] * jf[None, :, None]
     else:
@@ -351,7 +352,7 @@ def _sinkhorn_bwd_kernel(
             - (tl.sum(dy * xc, axis=1) / (sc * sc))[:, None] * dsd
     else:
         dx = dz
-    if OUT_KIND == 0:
+    if OUT_KIND == OUT_SORT:
         dx = dx + nf * tl.sum(T * ds[:, :, None], axis=1)
     tl.store(DX + rows64[:, None] * n + ii[None, :], dx, mask=nmask)
 
@@ -372,10 +373,8 @@ def _launch_config(n: int, m: int):
             f"(at most {MAX_TILE} elements after padding to powers of two); use backend='torch'"
         )
     rows = max(1, min(32, 4096 // tile))
-    # ~16 elements per thread, 4 to 16 warps.  sm_90 SASS at the benchmark's [1, 1024, 8] tile: the
-    # backward needs 189 registers with 8 warps (one 8-warp CTA per SM), 122 with 16 (16 warps per
-    # SM) and ~30% fewer instructions per thread; the forward 116 -> 64 registers.  32 warps would
-    # cap registers at 64 and make the backward spill at the largest tile.
+    # ~16 elements per thread, 4 to 16 warps: fewer registers per thread and more warps per SM;
+    # 32 warps would make the backward spill at the largest tile (docs/design.md, "Kernel design and the measurements behind it")
     num_warps = max(4, launch_num_warps(rows * tile, 16, max_per_thread=32))
     return rows, block_n, block_m, num_warps
 
@@ -385,29 +384,16 @@ def supports(n: int, m: int) -> bool:
     return next_pow2(max(n, 2)) * next_pow2(max(m, 2)) <= MAX_TILE
 
 
-def _out_spec(kind: str, n: int, m: int, k):
-    """(OUT_KIND, FLIP, ncol, col0, output shape suffix)."""
-    if kind == "sort":
-        return OUT_SORT, False, m, 0, (m,)
-    if kind == "rank":
-        return OUT_RANK, False, m, 0, (n,)
-    if kind == "perm":
-        return OUT_PLAN, False, m, 0, (m, n)
-    if kind == "topk":
-        return OUT_PLAN, True, k, 0, (k, n)
-    if kind == "mask":
-        return OUT_PLAN, False, 1, 1, (n,)
-    raise ValueError(kind)
-
-
 @on_tensor_device
-def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None, logb=None):
+def sinkhorn_fwd(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None, logb=None):
     """Run the fused forward. Returns ``(out, z, f, g)``; ``out`` may be passed pre-allocated,
     ``logb`` (float32 ``log b``) precomputed."""
     R, n = x.shape
     m = b.shape[0]
     rows, block_n, block_m, num_warps = _launch_config(n, m)
-    out_kind, flip, ncol, col0, suffix = _out_spec(kind, n, m, k)
+    op = _reference.OPERATORS[kind]
+    out_kind, flip, ncol, col0 = op.readout(n, k)
+    suffix = op.out_suffix(n, k)
     dev = x.device
     xf = aligned(x)
     z = torch.empty(R, n, device=dev, dtype=torch.float32)
@@ -434,12 +420,12 @@ def sinkhorn_forward(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out
 
 
 @on_tensor_device
-def sinkhorn_backward(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=None):
+def sinkhorn_bwd(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=None):
     """Fused implicit backward; returns ``dL/dx`` (dtype of ``x``)."""
     R, n = x.shape
     m = b.shape[0]
     rows, block_n, block_m, num_warps = _launch_config(n, m)
-    out_kind, flip, ncol, col0, _ = _out_spec(kind, n, m, k)
+    out_kind, flip, ncol, col0 = _reference.OPERATORS[kind].readout(n, k)
     dx = torch.empty(R, n, device=x.device, dtype=torch.float32)
     logb = aligned(b.to(torch.float32).log() if logb is None else logb)
     # float32 copies only where needed; kept in locals until the launch returns (addresses)
@@ -479,9 +465,9 @@ def aot_variants():
              ("mask", 100, 5), ("topk", 4096, 1)]
     variants = []
     for kind, n, k in cases:
-        m = n if kind in ("sort", "rank", "perm") or (kind == "topk" and k == n) else (2 if kind == "mask" else k + 1)
-        rows, bn, bm, _ = _launch_config(n, m)
-        out_kind, flip, _, _, _ = _out_spec(kind, n, m, k)
+        op = _reference.OPERATORS[kind]
+        rows, bn, bm, _ = _launch_config(n, op.n_targets(n, k))
+        out_kind, flip, _, _ = op.readout(n, k)
         for squash in (True, False):
             tag = f"{kind}_n{n}_k{k}_{'sq' if squash else 'nosq'}"
             for domain in ((0, 1) if squash else (2,)):

@@ -7,8 +7,7 @@ For each row of ``logits [B, C]`` one program (several rows per program):
    the column, so one ``tl.max`` finds value and column at once.  The row is
    read in blocks of ``BLOCK_C`` columns; the ``m - 1`` largest keys other
    than the label are extracted by repeated maxima from the union of the
-   block and the running list (``O(C m)``, no sort of the whole row; any
-   ``C``, tested to 32768).
+   block and the running list (``O(C m)``, no sort of the whole row; any ``C``).
 2. **The network on the m wires** (label on wire 0, then the others in
    descending order, exactly difftopk's layout), walking the same layer
    tables as :mod:`fastsort.kernels.network`.  The loss needs only
@@ -22,19 +21,21 @@ For each row of ``logits [B, C]`` one program (several rows per program):
    ``v``, plus the values adjoint through the relaxation's derivative.
 
 The per-layer ``x``, ``w`` and ``a`` live in a small per-row scratch between
-the forward and the reverse loop (``3 D m`` floats, L2 resident).
+the forward and the reverse loop (``3 D m`` floats).
 
 Only ``m`` gradient entries per row are non-zero, so the forward stores them
 (``[B, m]`` values and columns) and the backward writes the dense
-``dlogits`` once (:func:`topk_ce_scatter_kernel`: zeros, then the ``m`` values,
+``dlogits`` once (:func:`_topk_ce_bwd_kernel`: zeros, then the ``m`` values,
 already scaled by ``grad_output`` and the reduction's ``1/B``): the logits are
 read once and their gradient is written once, in two launches per step.
 
-Tensors travel as addresses (:mod:`fastsort.kernels.launch`): at B = 4096 a
-launch with six tensor arguments cost more host time than the kernel's GPU
-time on the benchmark machines.
+Tensors travel as addresses (:mod:`fastsort.kernels.launch`).  The design and
+its measurements: docs/design.md, "Top-k cross-entropy and preselection" and
+"Kernel design and the measurements behind it".
 """
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 import triton
@@ -42,6 +43,9 @@ import triton.language as tl
 
 from .launch import TL_DTYPES, address, aligned, as_pointer, cdiv, column_block, interpreting, next_pow2, \
     num_warps, on_tensor_device, rows_per_program
+from .._cache import device_constant
+from ..networks import sweep_init
+from ..relaxations import RELAXATIONS
 from .network import comparator_adjoint, layer_lanes
 from .relaxations import dist_code, relax
 
@@ -67,7 +71,7 @@ def _unkey(key):
 
 
 @triton.jit
-def topk_ce_fused_kernel(
+def _topk_ce_fwd_kernel(
     X, LABELS, TAB, OUT, IDX, SCR,
     B, C, m, D, stride_x, steepness, art_lambda, p_first, p_rest,
     X_DTYPE: tl.constexpr, DIST: tl.constexpr, MODE: tl.constexpr, NEED_GRAD: tl.constexpr,
@@ -192,7 +196,7 @@ def topk_ce_fused_kernel(
 
 
 @triton.jit
-def topk_ce_scatter_kernel(
+def _topk_ce_bwd_kernel(
     OUT, IDX, G, DX,
     B, C, m, stride_out, col0, scale,
     G_DTYPE: tl.constexpr, DX_DTYPE: tl.constexpr, G_PER_ROW: tl.constexpr,
@@ -230,8 +234,7 @@ def _config(B: int, C: int, MP: int):
 
     On a GPU one warp owns one row: the ``m - 1`` rounds of maxima of the
     preselection then reduce with warp shuffles only (no shared memory, no
-    barrier), ~1.7x fewer instructions per row than two rows over four warps
-    (sm_90 SASS).  The interpreter takes many rows per program instead.
+    barrier).  The interpreter takes many rows per program instead.
     """
     BLOCK_C = column_block(C)
     if interpreting():
@@ -242,24 +245,25 @@ def _config(B: int, C: int, MP: int):
 _TABS = {}
 
 
-def _loss_table(table, v: torch.Tensor) -> torch.Tensor:
-    """``TAB``: the layer lanes and the position weights in one int32 tensor (cached)."""
-    key = (id(table), id(v))
-    hit = _TABS.get(key)
-    if hit is None:
-        if len(_TABS) > 4096:  # callers pass cached tables and weights; this only bounds misuse
-            _TABS.clear()
-        tab = torch.cat([table.lanes.reshape(-1), v.to(torch.float32).reshape(-1).view(torch.int32)])
-        hit = _TABS[key] = (table, v, tab)  # keeps table and v alive while their ids are keys
-    return hit[2]
+def _loss_table(table, c: Tuple[float, ...], m: int) -> torch.Tensor:
+    """``TAB``: the layer lanes and the position weights (``c[r]`` at position ``m - 1 - r``) in one
+    int32 tensor, cached by what they are."""
+    device = table.lanes.device
+
+    def build():
+        v = sweep_init("weights", m, len(c), torch.float32, device, tuple(c))
+        return torch.cat([table.lanes.reshape(-1), v.reshape(-1).view(torch.int32)])
+
+    return device_constant(_TABS, (table.kind, table.n, table.k, str(device), tuple(c)), build)
 
 
 @on_tensor_device
-def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_first: float, p_rest: float,
-                  need_grad: bool):
+def topk_ce_fwd(logits, labels, c, table, relax_params, m: int, mode: str, p_first: float, p_rest: float,
+                need_grad: bool):
     """``(out, idx)`` for ``logits [B, C]`` (any float dtype): ``out [B, 1 + m]`` float32 holds
     the loss (column 0) and its gradient w.r.t. the ``m`` wires, whose columns are ``idx [B, m]``
-    (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.
+    (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.  ``c``: the rank weights
+    ``c_r`` of the network part of the loss (``fastsort.losses.rank_weights``).
     """
     distribution, steepness, art_lambda = relax_params
     if logits.stride(1) != 1 or logits.data_ptr() % 16:
@@ -276,8 +280,8 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
     else:
         idx = scratch = out  # not written
     ROWS, BLOCK_C, warps = _config(B, C, MP)
-    topk_ce_fused_kernel[(cdiv(B, ROWS),)](
-        address(logits), address(labels), address(_loss_table(table, v)), address(out), address(idx),
+    _topk_ce_fwd_kernel[(cdiv(B, ROWS),)](
+        address(logits), address(labels), address(_loss_table(table, c, m)), address(out), address(idx),
         address(scratch),
         B, C, m, D, logits.stride(0), float(steepness), float(art_lambda), float(p_first), float(p_rest),
         X_DTYPE=TL_DTYPES[logits.dtype], DIST=dist_code(distribution), MODE=MODE_CODES[mode],
@@ -288,7 +292,7 @@ def fused_forward(logits, labels, v, table, relax_params, m: int, mode: str, p_f
 
 
 @on_tensor_device
-def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0: int = 0):
+def topk_ce_bwd(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0: int = 0):
     """Dense ``dlogits [B, C]`` in ``dtype``: ``scale * grad_out * out[:, col0:col0 + m]`` at the columns
     ``idx [B, m]``, 0 elsewhere, in one launch (``grad_out``: a scalar or ``[B]`` tensor, any float dtype;
     ``out``: float32 with unit column stride, e.g. the fused forward's ``[B, 1 + m]`` with ``col0 = 1``).
@@ -304,7 +308,7 @@ def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0
     BLOCK_C = column_block(C)
     MP = next_pow2(m)
     ROWS = rows_per_program(B, BLOCK_C)
-    topk_ce_scatter_kernel[(cdiv(B, ROWS),)](
+    _topk_ce_bwd_kernel[(cdiv(B, ROWS),)](
         address(out), address(idx), address(g), address(dx),
         B, C, m, out.stride(0), col0, float(scale),
         G_DTYPE=TL_DTYPES[g.dtype], DX_DTYPE=TL_DTYPES[dtype],
@@ -316,7 +320,6 @@ def scatter_backward(out, idx, grad_out, C: int, dtype, scale: float = 1.0, col0
 
 def aot_variants():
     """Every ``constexpr`` variant the launchers use: ``(test_id, jit_fn, signature, constexprs)``."""
-    from ..relaxations import DISTRIBUTIONS
 
     sig = {"X": "i64", "LABELS": "i64", "TAB": "i64", "OUT": "i64", "IDX": "i64", "SCR": "i64",
            "B": "i32", "C": "i32", "m": "i32", "D": "i32", "stride_x": "i32", "steepness": "fp32",
@@ -324,14 +327,14 @@ def aot_variants():
            "DIST": "constexpr", "MODE": "constexpr", "NEED_GRAD": "constexpr", "ROWS": "constexpr",
            "MP": "constexpr", "BLOCK_C": "constexpr"}
     out = []
-    for code, name in enumerate(DISTRIBUTIONS):
+    for name, (code, *_) in RELAXATIONS.items():
         for mode, mcode in MODE_CODES.items():
             for need_grad in (False, True):
-                out.append((f"topk_ce_fused_kernel-{name}-{mode}-grad{int(need_grad)}", topk_ce_fused_kernel, sig,
+                out.append((f"_topk_ce_fwd_kernel-{name}-{mode}-grad{int(need_grad)}", _topk_ce_fwd_kernel, sig,
                             dict(X_DTYPE=tl.float32, DIST=code, MODE=mcode, NEED_GRAD=need_grad, ROWS=1, MP=16,
                                  BLOCK_C=1024)))
     for name, dt in (("bf16", tl.bfloat16), ("fp16", tl.float16)):
-        out.append((f"topk_ce_fused_kernel-{name}-input", topk_ce_fused_kernel, sig,
+        out.append((f"_topk_ce_fwd_kernel-{name}-input", _topk_ce_fwd_kernel, sig,
                     dict(X_DTYPE=dt, DIST=4, MODE=0, NEED_GRAD=True, ROWS=1, MP=16, BLOCK_C=1024)))
     scatter_sig = {"OUT": "i64", "IDX": "i64", "G": "i64", "DX": "i64", "B": "i32", "C": "i32", "m": "i32",
                    "stride_out": "i32", "col0": "i32", "scale": "fp32", "G_DTYPE": "constexpr",
@@ -339,6 +342,6 @@ def aot_variants():
                    "BLOCK_C": "constexpr"}
     for name, dt in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
         for per_row in (False, True):
-            out.append((f"topk_ce_scatter_kernel-{name}-perrow{int(per_row)}", topk_ce_scatter_kernel, scatter_sig,
+            out.append((f"_topk_ce_bwd_kernel-{name}-perrow{int(per_row)}", _topk_ce_bwd_kernel, scatter_sig,
                         dict(G_DTYPE=dt, DX_DTYPE=dt, G_PER_ROW=per_row, ROWS=4, MP=16, BLOCK_C=1024)))
     return out

@@ -48,7 +48,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
-from test_functional import alpha_ref  # noqa: E402  (the tests' one SPEC.md relaxation reference)
+from helpers import alpha_ref, assert_close  # alpha_ref: the tests' one reference of the relaxations
 
 try:
     import diffsort
@@ -125,23 +125,14 @@ def vjp(fn, x, cots=None):
     return [o.detach() for o in outs], g, cots
 
 
-def assert_close(a, b, tol, what=""):
-    assert a.shape == b.shape, (what, a.shape, b.shape)
-    assert a.dtype == b.dtype, (what, a.dtype, b.dtype)
-    tol = dict(tol)
-    if "atol_of_max" in tol:  # absolute tolerance relative to the largest entry
-        tol["atol"] = tol.pop("atol_of_max") * float(b.abs().max())
-    torch.testing.assert_close(a, b, msg=lambda m: f"{what}: {m}", **tol)
-
-
 def check_against(ours, oracle, x, out_tol, grad_tol):
     """Outputs and VJPs (same cotangents) of two callables agree."""
     o_out, o_grad, cots = vjp(oracle, x)
     f_out, f_grad, _ = vjp(ours, x, cots)
     assert len(o_out) == len(f_out)
     for i, (a, b) in enumerate(zip(f_out, o_out)):
-        assert_close(a, b, out_tol, f"output {i}")
-    assert_close(f_grad, o_grad, grad_tol, "gradient")
+        assert_close(a, b, **out_tol, what=f"output {i}")
+    assert_close(f_grad, o_grad, **grad_tol, what="gradient")
 
 
 def reference_topk(layers, x, k, distribution, steepness, art_lambda=0.25, sparse_form=False):
@@ -464,9 +455,9 @@ def test_smooth_topk_losses_match_difftopk(cls, k, tau, scale):
     oracle = getattr(difftopk, cls)(C, k, tau)
     out, grad, _ = vjp(lambda z: ours(z, labels), x)
     ref_out, ref_grad, _ = vjp(lambda z: smooth_svm_reference(z, labels, k, tau, hard), x)
-    assert_close(out[0], oracle(x, labels).detach(), F64, "loss vs difftopk")
-    assert_close(out[0], ref_out[0], F64, "loss vs reference")
-    assert_close(grad, ref_grad, F64, "gradient vs reference")
+    assert_close(out[0], oracle(x, labels).detach(), **F64, what="loss vs difftopk")
+    assert_close(out[0], ref_out[0], **F64, what="loss vs reference")
+    assert_close(grad, ref_grad, **F64, what="gradient vs reference")
     if k >= 2 and scale == 1.0:
         check_against(lambda z: ours(z, labels), lambda z: oracle(z, labels), x, F64, F64)
 
@@ -513,7 +504,7 @@ def test_no_grad_matches_grad(case):
         plain = [o for o in _as_tuple(_run_case(case, x)) if o is not None]
     with_grad = [o for o in _as_tuple(_run_case(case, x.clone().requires_grad_(True))) if o is not None]
     for a, b in zip(plain, with_grad):
-        assert_close(a, b.detach(), F64, case)
+        assert_close(a, b.detach(), **F64, what=case)
 
 
 def _as_tuple(out):
@@ -540,8 +531,8 @@ def test_device_matches_cpu(case, dtype, device):
     tol = dict(rtol=1e-9, atol_of_max=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol_of_max=1e-4)
     for a, b in zip(dev_out, ref_out):
         assert a.device.type == device.type and a.dtype == dtype
-        assert_close(a.cpu().double(), b, tol, f"{case} output")
-    assert_close(dev_grad.cpu().double(), ref_grad, tol, f"{case} gradient")
+        assert_close(a.cpu().double(), b, **tol, what=f"{case} output")
+    assert_close(dev_grad.cpu().double(), ref_grad, **tol, what=f"{case} gradient")
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,23 +1,23 @@
 """Public functional ops (torch backend) against independent references.
 
-* a dense float64 reference of every network, written here: per layer an
-  ``n x n`` matrix built from the comparator list and SPEC.md's relaxation
-  formulas, multiplied out (values and autograd gradients);
+* a dense float64 reference of every network (``helpers.dense_network``): per
+  layer an ``n x n`` matrix built from the comparator list and the relaxation
+  formulas of ``docs/design.md``, multiplied out (values and autograd gradients);
 * the oracle packages (diffsort's dense sort, difftopk's dense top-k,
   difftopk's NeuralSort / SoftSort modules);
 * ``torch.autograd.gradcheck`` (finite differences) in float64;
 * hard-limit / structural invariants and hand-checked shapes;
 * the validation messages.
-
-``dense_network`` / ``alpha_ref`` are also used by ``test_losses.py``.
 """
-import math
+import functools
 
 import pytest
 import torch
 
 import fastsort
-from fastsort import _dispatch, networks
+from fastsort import _dispatch
+import helpers
+from helpers import dense_network, run_op
 
 diffsort_functional = pytest.importorskip("diffsort.functional")
 diffsort_networks = pytest.importorskip("diffsort.networks")
@@ -32,58 +32,6 @@ BE = "torch"
 
 
 # --------------------------------------------------------------------------- references
-def alpha_ref(va, vb, distribution, steepness, art_lambda=0.25):
-    """SPEC.md's mixing weight of a comparator with values ``va`` (low wire) and ``vb`` (high wire)."""
-    d = vb - va
-    v = steepness * d
-    if distribution == "logistic":
-        return torch.sigmoid(v)
-    if distribution == "logistic_phi":
-        return torch.sigmoid(steepness * d / (d.abs() + 1e-10) ** art_lambda)
-    if distribution == "gaussian":
-        return 0.5 * (1 + torch.erf(v / math.sqrt(2)))
-    if distribution == "reciprocal":
-        return 0.5 * (v / (2 + v.abs()) + 1)
-    if distribution == "cauchy":
-        return torch.atan(v) / math.pi + 0.5
-    if distribution == "optimal":
-        av = v.abs()
-        return v.clamp(-0.25, 0.25) + 0.5 + torch.sign(v) * (av > 0.25) * (0.25 - 1 / (16 * (av + 1e-10)))
-    raise AssertionError(distribution)
-
-
-def dense_network(x, kind, distribution, steepness, k=None, art_lambda=0.25):
-    """Dense reference of a relaxed network on ``x [B, n]``.
-
-    Returns ``(y, X)``: the soft values on the wires after the last layer and
-    ``X [B, n, n] = L_1 L_2 ... L_D`` with ``X[b, i, j]`` = weight of input ``i``
-    at output position ``j`` (diffsort's layout, ``y = x @ X``).
-    """
-    B, n = x.shape
-    eye = torch.eye(n, dtype=x.dtype)
-    X = eye.expand(B, n, n)
-    y = x
-    for layer in networks.network_layers(kind, n, k):
-        if not layer:
-            continue
-        lo = torch.tensor([c[0] for c in layer])
-        hi = torch.tensor([c[1] for c in layer])
-        desc = torch.tensor([bool(c[2]) for c in layer])
-        min_w, max_w = torch.where(desc, hi, lo), torch.where(desc, lo, hi)
-        alpha = alpha_ref(y[:, lo], y[:, hi], distribution, steepness, art_lambda)  # [B, c]
-        L = eye.repeat(B, 1, 1)
-        L[:, lo, lo] = 0
-        L[:, hi, hi] = 0
-        # new_min = alpha va + (1 - alpha) vb ; new_max = (1 - alpha) va + alpha vb
-        L[:, lo, min_w] = alpha
-        L[:, hi, min_w] = 1 - alpha
-        L[:, lo, max_w] = 1 - alpha
-        L[:, hi, max_w] = alpha
-        y = (y.unsqueeze(1) @ L).squeeze(1)
-        X = X @ L
-    return y, X
-
-
 def ops_from_dense(y, X, k):
     """Every public op's expected output from the dense ``(y, X)``."""
     n = X.shape[-1]
@@ -106,10 +54,7 @@ def method_params(method, steepness=2.0, distribution="cauchy"):
 def call(op, x, method, k=3, **kw):
     """Call public op ``op`` (``k`` only for the top-k ops), torch backend unless ``backend`` is given."""
     kw.setdefault("backend", BE)
-    fn = getattr(fastsort, op)
-    if op in TOPK_OPS:
-        return fn(x, k, method, **kw)
-    return fn(x, method, **kw)
+    return run_op(op, x, method, k, **kw)
 
 
 def spread_input(B, n, seed, dtype=torch.float64, gap=1.0):
@@ -126,8 +71,8 @@ def vjp(out, x, seed):
     return gx
 
 
-def assert_close(a, b, atol=1e-9, rtol=1e-7, msg=""):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
+# this file's default tolerance (float64 results against float64 references); calls override it
+assert_close = functools.partial(helpers.assert_close, atol=1e-9, rtol=1e-7)
 
 
 # --------------------------------------------------------------------------- dense float64 reference
@@ -147,8 +92,8 @@ def test_ops_match_dense_reference(kind, distribution, n, k, ops):
     for i, op in enumerate(ops):
         out = call(op, x, kind, k, steepness=steep, distribution=distribution)
         assert out.dtype == torch.float64 and out.shape == refs[op].shape, op
-        assert_close(out, refs[op], msg=f"{op} values")
-        assert_close(vjp(out, x, i), vjp(refs[op], x, i), msg=f"{op} gradient")
+        assert_close(out, refs[op], what=f"{op} values")
+        assert_close(vjp(out, x, i), vjp(refs[op], x, i), what=f"{op} gradient")
     if "soft_sort" in ops:
         desc = call("soft_sort", x, kind, steepness=steep, distribution=distribution, descending=True)
         assert_close(desc, y_ref.flip(-1))
@@ -318,12 +263,12 @@ def test_dtypes(method, distribution, dtype):
         x32 = x.float().requires_grad_()
         out, ref = call(op, xl, method, **params), call(op, x32, method, **params)
         assert out.dtype == dtype and out.shape == ref.shape, op
-        assert_close(out.float(), ref.float(), msg=op, **DTYPE_TOL[dtype])
+        assert_close(out.float(), ref.float(), what=op, **DTYPE_TOL[dtype])
         g = torch.randn(out.shape)
         (gl,) = torch.autograd.grad(out, xl, g.to(dtype))
         (g32,) = torch.autograd.grad(ref, x32, g)
         assert gl.dtype == dtype, op
-        assert_close(gl.float(), g32, msg=f"{op} grad", **{kk: 4 * v for kk, v in DTYPE_TOL[dtype].items()})
+        assert_close(gl.float(), g32, what=f"{op} grad", **{kk: 4 * v for kk, v in DTYPE_TOL[dtype].items()})
 
 
 ALL_METHOD_OPS = ([(m, op) for m in TOPK_METHODS for op in FULL_OPS]
@@ -402,9 +347,9 @@ def test_no_grad_and_inference_mode():
         params = method_params(method, 2.0, "cauchy")
         with_grad = call(op, x.clone().requires_grad_(), method, **params).detach()
         with torch.no_grad():
-            assert_close(call(op, x, method, **params), with_grad, msg=f"{method} {op} no_grad")
+            assert_close(call(op, x, method, **params), with_grad, what=f"{method} {op} no_grad")
         with torch.inference_mode():
-            assert_close(call(op, x, method, **params), with_grad, msg=f"{method} {op} inference_mode")
+            assert_close(call(op, x, method, **params), with_grad, what=f"{method} {op} inference_mode")
 
 
 # --------------------------------------------------------------------------- bad inputs

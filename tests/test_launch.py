@@ -19,8 +19,8 @@ from fastsort.kernels import network as kn  # noqa: E402
 from fastsort.kernels import sinkhorn as ks  # noqa: E402
 from fastsort.kernels import topk_loss as ktl  # noqa: E402
 
-LAUNCHERS = (kn.network_apply, kn.network_apply_backward, ks.sinkhorn_forward, ks.sinkhorn_backward,
-             ktl.fused_forward, ktl.scatter_backward)
+LAUNCHERS = (kn.network_fwd, kn.network_bwd, ks.sinkhorn_fwd, ks.sinkhorn_bwd,
+             ktl.topk_ce_fwd, ktl.topk_ce_bwd)
 
 
 @pytest.mark.parametrize("current, wanted, switches", [(0, 1, True), (1, 1, False), (0, None, False)])

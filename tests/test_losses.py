@@ -1,15 +1,18 @@
 """Top-k cross-entropy loss (torch backend) against difftopk and a dense float64 reference.
 
 The dense reference builds the full relaxed permutation matrix with
-``test_functional.dense_network`` and evaluates SPEC.md's formula
+``helpers.dense_network`` and evaluates the formula of ``docs/design.md``
 ``q_y = sum_k P_K(k) sum_{r <= k} P[r, y]``, ``loss = -log(q (1 - 2e-7) + 1e-7)``
 (with the ``sm`` / ``smce`` top-1 terms and the top-m preselection written out).
 """
+import functools
+
 import pytest
 import torch
 
 import fastsort
-from test_functional import dense_network
+import helpers
+from helpers import dense_network, make_batch
 
 difftopk = pytest.importorskip("difftopk")
 
@@ -21,13 +24,6 @@ EPS = 1e-7
 
 
 # --------------------------------------------------------------------------- helpers
-def make_batch(B, C, seed, dtype=torch.float64, scale=1.5):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(B, C, generator=g, dtype=torch.float64) * scale).to(dtype)
-    labels = torch.randint(0, C, (B,), generator=g)
-    return logits, labels
-
-
 def preselect_ref(x, y, m):
     """True logit, then the m - 1 largest others in descending order; label 0."""
     true = x[torch.arange(x.shape[0]), y].unsqueeze(1)
@@ -67,8 +63,8 @@ def grad_of(loss, logits):
     return g
 
 
-def assert_close(a, b, atol=1e-10, rtol=1e-8, msg=""):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda s: f"{msg}\n{s}")
+# this file's default tolerance (float64 losses against float64 references); calls override it
+assert_close = functools.partial(helpers.assert_close, atol=1e-10, rtol=1e-8)
 
 
 # --------------------------------------------------------------------------- vs difftopk (float32)

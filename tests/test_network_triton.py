@@ -16,11 +16,9 @@ CPU-without-interpreter error.
 Shapes are small (``B <= 8``, ``n <= 64``): every interpreted program instance
 costs ~10 ms.
 """
-import contextlib
 import functools
 import itertools
 import math
-import sys
 
 import pytest
 import torch
@@ -29,10 +27,11 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 import fastsort  # noqa: E402
-from fastsort import _torch_network  # noqa: E402
+from fastsort.networks import reference as torch_network  # noqa: E402
 from fastsort.kernels import launch  # noqa: E402
 from fastsort.kernels import network as kn  # noqa: E402
 from fastsort.kernels.relaxations import atan as poly_atan  # noqa: E402
+from helpers import assert_kernel_close, nan_filled_allocations, run_op  # noqa: E402
 
 DISTS = fastsort.DISTRIBUTIONS
 SORT_NETS = ("odd_even", "bitonic")
@@ -49,89 +48,27 @@ TOL = {torch.float32: (2e-5, 1e-3), torch.float16: (2e-3, 4e-3), torch.bfloat16:
 
 
 # --------------------------------------------------------------------------- helpers
-def run_op(op, x, backend, method, k=None, dim=-1, **params):
-    """The public op ``op`` on ``x`` with ``backend``."""
-    if op == "sort":
-        return fastsort.soft_sort(x, method, dim=dim, backend=backend, **params)
-    if op == "rank":
-        return fastsort.soft_rank(x, method, dim=dim, backend=backend, **params)
-    if op == "perm":
-        return fastsort.soft_permutation(x, method, dim=dim, backend=backend, **params)
-    if op == "topk":
-        return fastsort.soft_topk(x, k, method, dim=dim, backend=backend, **params)
-    if op == "mask":
-        return fastsort.soft_topk_mask(x, k, method, dim=dim, backend=backend, **params)
-    raise AssertionError(op)
-
-
 def op_fn(op, method, k=None, **kw):
-    """``fn(x, backend)`` running :func:`run_op` with these arguments."""
-    return lambda x, backend: run_op(op, x, backend, method, k, **kw)
-
-
-def assert_close(actual, expected, tol, what):
-    """``actual`` (any device/dtype) against the float32 CPU ``expected``; NaNs must coincide."""
-    expected = expected.detach()
-    finite = expected[torch.isfinite(expected)]
-    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
-    torch.testing.assert_close(actual.detach().cpu().float(), expected, rtol=tol, atol=tol * scale,
-                               equal_nan=True, msg=lambda m: f"{what}: {m}")
-
-
-GUARD_ELEMS = 1 << 20
-
-
-@contextlib.contextmanager
-def nan_filled_allocations(module=kn):
-    """Tensors that code of ``module`` (the launchers) allocates with ``torch.empty``/``empty_like``/
-    ``Tensor.new_empty`` come NaN-filled (integer ones -1), so an output element a kernel fails to
-    write shows up.
-
-    A 1-D 0-element float allocation (``new_empty(0)``, the placeholder for an output a kernel
-    variant must not write) becomes a NaN guard buffer of ``GUARD_ELEMS`` elements instead: torch
-    hands a kernel a null pointer for an empty tensor, so a stray write through it would crash the
-    process (or the CUDA context); into the guard it lands harmlessly, and the check at exit
-    reports it."""
-    real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
-    guards = []
-
-    def fill(t):
-        if sys._getframe(2).f_globals.get("__name__") != module.__name__:
-            return t  # not the launcher's own allocation (e.g. Triton's interpreter copying arguments)
-        if t.shape == (0,) and t.is_floating_point():
-            guards.append(real_empty(GUARD_ELEMS, dtype=t.dtype, device=t.device).fill_(float("nan")))
-            return guards[-1]
-        return t.fill_(float("nan") if t.is_floating_point() else -1)
-
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(torch, "empty", lambda *a, **kw: fill(real_empty(*a, **kw)))
-        mp.setattr(torch, "empty_like", lambda *a, **kw: fill(real_like(*a, **kw)))
-        mp.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: fill(real_new(self, *a, **kw)))
-        yield
-    finally:
-        mp.undo()
-    for g in guards:
-        written = (~torch.isnan(g)).sum().item()
-        assert written == 0, f"a kernel wrote {written} elements through a 0-element placeholder buffer"
+    """``fn(x, backend)`` running ``helpers.run_op`` with these arguments."""
+    return lambda x, backend: run_op(op, x, method, k, backend=backend, **kw)
 
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts the Triton launcher calls (a test fails if the Triton path silently ran torch code) and
-    runs each launcher with NaN-prefilled allocations (see :func:`nan_filled_allocations`)."""
+    runs each launcher with NaN-prefilled allocations (see ``helpers.nan_filled_allocations``)."""
     calls = {"forward": 0, "backward": 0}
 
     def guarded(name, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             calls[name] += 1
-            with nan_filled_allocations():
+            with nan_filled_allocations(kn):
                 return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(kn, "network_apply", guarded("forward", kn.network_apply))
-    monkeypatch.setattr(kn, "network_apply_backward", guarded("backward", kn.network_apply_backward))
+    monkeypatch.setattr(kn, "network_fwd", guarded("forward", kn.network_fwd))
+    monkeypatch.setattr(kn, "network_bwd", guarded("backward", kn.network_bwd))
     return calls
 
 
@@ -152,8 +89,8 @@ def check_vs_torch(fn, x, device, calls):
     out.backward(cot.to(device))
     assert calls["backward"] >= 1, "the Triton backward launcher did not run"
     assert xt.grad.dtype == dtype and xt.grad.shape == x.shape
-    assert_close(out, ref, out_tol, "forward")
-    assert_close(xt.grad, xr.grad, grad_tol, "gradient")
+    assert_kernel_close(out, ref, out_tol, "forward")
+    assert_kernel_close(xt.grad, xr.grad, grad_tol, "gradient")
     return out, xt.grad
 
 
@@ -255,16 +192,12 @@ DIM_CASES = [  # (op, method, k, shape, dim, extra)
 @pytest.mark.parametrize("op,method,k,shape,dim,extra", DIM_CASES,
                          ids=[f"{c[0]}-{c[1]}-{'x'.join(map(str, c[3]))}-dim{c[4]}" for c in DIM_CASES])
 def test_leading_dims_and_dim(op, method, k, shape, dim, extra, device, kernel_calls):
-    def fn(x, be):
-        if op == "sort":
-            return fastsort.soft_sort(x, method, dim=dim, backend=be, **extra)
-        return run_op(op, x, be, method, k, dim=dim)
-    check_vs_torch(fn, scores(*shape), device, kernel_calls)
+    check_vs_torch(op_fn(op, method, k, dim=dim, **extra), scores(*shape), device, kernel_calls)
 
 
 def test_non_contiguous_input(device, kernel_calls):
     x = scores(9, 4)  # sorted along dim 0 of a [9, 4] tensor = the rows of its transpose
-    check_vs_torch(lambda z, be: run_op("topk", z.t(), be, "bitonic", 3), x, device, kernel_calls)
+    check_vs_torch(lambda z, be: run_op("topk", z.t(), "bitonic", 3, backend=be), x, device, kernel_calls)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -274,7 +207,7 @@ def test_empty_batch(op, device):
     shapes = {}
     for backend, dev in (("torch", torch.device("cpu")), ("triton", device)):
         x = torch.randn(0, 6, device=dev, requires_grad=True)
-        out = run_op(op, x, backend, method, 2)
+        out = run_op(op, x, method, 2, backend=backend)
         out.sum().backward()
         assert x.grad.shape == x.shape, backend
         shapes[backend] = out.shape
@@ -288,12 +221,12 @@ def test_without_grad(op, method, k, device, kernel_calls):
     """Inference (no input requiring grad, and under ``torch.no_grad``): nothing saved for a
     backward may be written, the outputs are the torch backend's."""
     x = scores(8, 64)
-    ref = run_op(op, x, "torch", method, k)
-    out = run_op(op, x.to(device), "triton", method, k)
-    assert_close(out, ref, TOL[torch.float32][0], "forward")
+    ref = run_op(op, x, method, k, backend="torch")
+    out = run_op(op, x.to(device), method, k, backend="triton")
+    assert_kernel_close(out, ref, TOL[torch.float32][0], "forward")
     with torch.no_grad():
-        out = run_op(op, x.to(device).requires_grad_(True), "triton", method, k)
-    assert_close(out, ref, TOL[torch.float32][0], "forward under no_grad")
+        out = run_op(op, x.to(device).requires_grad_(True), method, k, backend="triton")
+    assert_kernel_close(out, ref, TOL[torch.float32][0], "forward under no_grad")
     assert kernel_calls["forward"] == 2 and kernel_calls["backward"] == 0
 
 
@@ -311,7 +244,7 @@ def test_nan_row_and_ties(op, method, k, dist, device, kernel_calls):
     x[1, 4] = float("nan")
     x[2] = 0.5
     x[3, ::2] = x[3, 1::2]
-    # NaN positions must coincide (assert_close uses equal_nan)
+    # NaN positions must coincide (assert_kernel_close uses equal_nan)
     out, grad = check_vs_torch(op_fn(op, method, k, distribution=dist), x, device, kernel_calls)
     row_out, row_grad = out[1], grad[1]
     assert torch.isnan(row_out).any() and torch.isnan(row_grad).any()
@@ -346,7 +279,7 @@ def _init(kind, n):
 @pytest.mark.parametrize("method,n,k,init,need_grad,has_gy,dist", LAUNCH_CASES,
                          ids=[f"{c[0]}-n{c[1]}-{c[3]}-grad{int(c[4])}" for c in LAUNCH_CASES])
 def test_launchers_write_every_element(method, n, k, init, need_grad, has_gy, dist, device):
-    """``network_apply`` / ``network_apply_backward`` called directly, every buffer they allocate
+    """``network_fwd`` / ``network_bwd`` called directly, every buffer they allocate
     NaN-prefilled: ``y``, ``S0`` and ``gx`` equal the torch backend's; the saved state (the kernels'
     layout ``W, XIN [R, D, n]``, ``SHIST [R, D, C, n]``) is fully written and consistent."""
     R = 7
@@ -356,13 +289,13 @@ def test_launchers_write_every_element(method, n, k, init, need_grad, has_gy, di
     table_cpu = fastsort.get_network(method, n, "cpu", k)
     table = fastsort.get_network(method, n, device, k)
     D = table.depth
-    ref_y, ref_S0, ref_saved = _torch_network.network_apply(x, table_cpu, init_t, *relax, need_grad)
-    with nan_filled_allocations():
-        y, S0, saved = kn.network_apply(x.to(device), table, None if init_t is None else init_t.to(device),
+    ref_y, ref_S0, ref_saved = torch_network.network_fwd(x, table_cpu, init_t, relax, need_grad)
+    with nan_filled_allocations(kn):
+        y, S0, saved = kn.network_fwd(x.to(device), table, None if init_t is None else init_t.to(device),
                                         relax, need_grad)
-    assert_close(y, ref_y, 2e-5, "y")
+    assert_kernel_close(y, ref_y, 2e-5, "y")
     if init_t is not None:
-        assert_close(S0, ref_S0, 2e-5, "S0")
+        assert_kernel_close(S0, ref_S0, 2e-5, "S0")
     else:
         assert S0 is None
     W, XIN, SHIST = (None if t is None else t.cpu() for t in saved)
@@ -378,11 +311,11 @@ def test_launchers_write_every_element(method, n, k, init, need_grad, has_gy, di
         torch.testing.assert_close(SHIST[:, D - 1], init_t.expand(R, C, n), rtol=0, atol=0)  # S^D = init
     gy = torch.randn(R, n) if has_gy else None
     gS0 = torch.randn(R, init_t.shape[0], n) if init_t is not None else None
-    ref_gx = _torch_network.network_apply_backward(ref_saved, table_cpu, *relax, gy, gS0)
-    with nan_filled_allocations():
-        gx = kn.network_apply_backward(saved, table, relax, None if gy is None else gy.to(device),
+    ref_gx = torch_network.network_bwd(ref_saved, table_cpu, relax, gy, gS0)
+    with nan_filled_allocations(kn):
+        gx = kn.network_bwd(saved, table, relax, None if gy is None else gy.to(device),
                                        None if gS0 is None else gS0.to(device))
-    assert_close(gx, ref_gx, 1e-3, "gx")
+    assert_kernel_close(gx, ref_gx, 1e-3, "gx")
 
 
 # --------------------------------------------------------------------------- the atomic gW reduction
@@ -412,7 +345,7 @@ def test_split_sweep_deterministic_mode(deterministic, gpu_launch_configs, devic
     default; with ``torch.use_deterministic_algorithms(True)`` one partial gW per column program,
     summed by torch (no atomics: the same bits every run).  Both equal the torch backend."""
     launches = []
-    real = kn.network_sweep_backward_kernel
+    real = kn._sweep_bwd_kernel
 
     class Spy:
         def __getitem__(self, grid):
@@ -421,7 +354,7 @@ def test_split_sweep_deterministic_mode(deterministic, gpu_launch_configs, devic
                 return real[grid](*args, **kwargs)
             return launch_
 
-    monkeypatch.setattr(kn, "network_sweep_backward_kernel", Spy())
+    monkeypatch.setattr(kn, "_sweep_bwd_kernel", Spy())
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     check_vs_torch(op_fn("topk", "bitonic", 5), scores(3, 33), device, kernel_calls)
     assert len(launches) == 1 and launches[0][0] == (3, 5), launches
@@ -469,4 +402,4 @@ def test_triton_on_cpu_without_interpreter_raises(op, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     method = "splitter_selection" if op in TOPK_OPS else "bitonic"
     with pytest.raises(ValueError, match="backend='triton' needs a CUDA tensor"):
-        run_op(op, torch.randn(2, 6), "triton", method, 2)
+        run_op(op, torch.randn(2, 6), method, 2, backend="triton")

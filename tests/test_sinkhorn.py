@@ -10,20 +10,9 @@ import pytest
 import torch
 
 from fastsort import sinkhorn as S
+from helpers import sinkhorn_op
 
 KINDS = ["sort", "rank", "perm", "topk", "mask"]
-
-
-def call(kind, x, k=3, **kw):
-    if kind == "sort":
-        return S.sinkhorn_sort(x, **kw)
-    if kind == "rank":
-        return S.sinkhorn_rank(x, **kw)
-    if kind == "perm":
-        return S.sinkhorn_permutation(x, **kw)
-    if kind == "topk":
-        return S.sinkhorn_topk(x, k, **kw)
-    return S.sinkhorn_topk_mask(x, k, **kw)
 
 
 def dense_unrolled(kind, x, k, eps, iters, squash=True):
@@ -74,7 +63,7 @@ def test_matches_dense_unrolled(kind, squash):
     for impl in ("fastsort", "dense"):
         xx = x.clone().requires_grad_(True)
         if impl == "fastsort":
-            y = call(kind, xx, k=2, epsilon=0.1, threshold=1e-12, max_iter=20000, squash=squash)
+            y = sinkhorn_op(kind, xx, k=2, epsilon=0.1, threshold=1e-12, max_iter=20000, squash=squash)
         else:
             y = dense_unrolled(kind, xx, 2, 0.1, 3000, squash=squash)
         if ct is None:
@@ -89,7 +78,7 @@ def test_matches_dense_unrolled(kind, squash):
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck(kind):
     x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
-    fn = lambda x: call(kind, x, k=2, epsilon=0.1, threshold=1e-13, max_iter=20000)  # noqa: E731
+    fn = lambda x: sinkhorn_op(kind, x, k=2, epsilon=0.1, threshold=1e-13, max_iter=20000)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
@@ -98,13 +87,13 @@ def test_backward_matches_finite_differences_at_default_epsilon(kind, k):
     """The implicit backward at epsilon = 1e-2 and a tight threshold vs central differences."""
     x = torch.tensor([[0.3, -1.2, 0.8, 2.0, -0.4, 1.1]], dtype=torch.float64)
     kw = dict(epsilon=1e-2, threshold=1e-9, max_iter=200000)
-    ct = torch.randn_like(call(kind, x, k=k or 2, **kw))
+    ct = torch.randn_like(sinkhorn_op(kind, x, k=k or 2, **kw))
     xx = x.clone().requires_grad_(True)
-    (call(kind, xx, k=k or 2, **kw) * ct).sum().backward()
+    (sinkhorn_op(kind, xx, k=k or 2, **kw) * ct).sum().backward()
     h = 1e-6
     n = x.shape[1]
     e = h * torch.eye(n, dtype=x.dtype)
-    ys = call(kind, torch.cat([x + e, x - e]), k=k or 2, **kw)  # all 2n perturbations as one batch
+    ys = sinkhorn_op(kind, torch.cat([x + e, x - e]), k=k or 2, **kw)  # all 2n perturbations as one batch
     dims = tuple(range(1, ys.dim()))
     fd = (((ys[:n] - ys[n:]) * ct).sum(dims) / (2 * h)).unsqueeze(0)
     torch.testing.assert_close(xx.grad, fd, atol=1e-5, rtol=1e-4)
@@ -172,7 +161,7 @@ def test_rows_stop_independently():
 def test_all_equal_rows_finite_and_nan_propagates(kind):
     x = torch.tensor([[2.0] * 5, [1.0, 3.0, float("nan"), 0.0, 2.0], [0.5, -1.0, 2.0, 0.0, 1.0]],
                      dtype=torch.float64, requires_grad=True)
-    y = call(kind, x, k=2)
+    y = sinkhorn_op(kind, x, k=2)
     assert torch.isfinite(y[0]).all() and torch.isfinite(y[2]).all()
     assert torch.isnan(y[1]).all()
     if kind == "sort":

@@ -13,13 +13,13 @@ import warnings
 import pytest
 import torch
 
-from test_losses import make_batch  # the shared seeded logits/labels batch
 from fastsort.smooth_topk import (
     SmoothHardTopKLoss,
     SmoothTopKLoss,
     log_elementary_symmetric,
     smooth_topk_svm_loss,
 )
+from helpers import make_batch  # the shared seeded logits/labels batch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

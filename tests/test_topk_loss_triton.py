@@ -23,10 +23,9 @@ import torch
 pytest.importorskip("triton")
 
 import fastsort  # noqa: E402
-from fastsort import _fused_loss  # noqa: E402
 from fastsort.kernels import network as kn  # noqa: E402
 from fastsort.kernels import topk_loss as ktl  # noqa: E402
-from test_network_triton import nan_filled_allocations  # noqa: E402  (shared NaN-prefill / guard helper)
+from helpers import assert_kernel_close, nan_filled_allocations  # noqa: E402
 
 DISTS = fastsort.DISTRIBUTIONS
 NETS = ("bitonic", "odd_even", "splitter_selection")
@@ -45,21 +44,16 @@ TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (2e-3, 4e-3), torch.bfloat16:
 CUDA_FP32_FLOOR = 1e-4
 
 
-def assert_close(actual, expected, tol, what):
-    if actual.is_cuda:
-        tol = max(tol, CUDA_FP32_FLOOR)
-    expected = expected.detach().float().cpu()
-    finite = expected[torch.isfinite(expected)]
-    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
-    torch.testing.assert_close(actual.detach().cpu().float(), expected, rtol=tol, atol=tol * scale,
-                               equal_nan=True, msg=lambda m: f"{what}: {m}")
+def kernel_tol(actual, tol):
+    """``tol`` for ``helpers.assert_kernel_close``, at least ``CUDA_FP32_FLOOR`` for a CUDA result."""
+    return max(tol, CUDA_FP32_FLOOR) if actual.is_cuda else tol
 
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts the fused-loss launcher calls (and the network launchers, for the unfused path) and runs
     each with NaN-prefilled allocations."""
-    calls = {"fused_forward": 0, "scatter_backward": 0, "network_apply": 0}
+    calls = {"topk_ce_fwd": 0, "topk_ce_bwd": 0, "network_fwd": 0}
 
     def guarded(module, name):
         fn = getattr(module, name)
@@ -71,9 +65,9 @@ def kernel_calls(monkeypatch):
                 return fn(*args, **kwargs)
         monkeypatch.setattr(module, name, wrapper)
 
-    guarded(ktl, "fused_forward")
-    guarded(ktl, "scatter_backward")
-    guarded(kn, "network_apply")
+    guarded(ktl, "topk_ce_fwd")
+    guarded(ktl, "topk_ce_bwd")
+    guarded(kn, "network_fwd")
     return calls
 
 
@@ -92,12 +86,12 @@ def check_vs_torch(logits, labels, device, calls, reduction="none", fused=True, 
     assert out.dtype == dtype and out.shape == ref.shape and out.device.type == device.type
     out.backward(cot.to(device))
     if fused:
-        assert calls["fused_forward"] == 1 and calls["scatter_backward"] == 1, calls
+        assert calls["topk_ce_fwd"] == 1 and calls["topk_ce_bwd"] == 1, calls
     else:
-        assert calls["fused_forward"] == 0 and calls["network_apply"] >= 1, calls
+        assert calls["topk_ce_fwd"] == 0 and calls["network_fwd"] >= 1, calls
     assert lt.grad.dtype == dtype and lt.grad.shape == logits.shape
-    assert_close(out, ref, loss_tol, "loss")
-    assert_close(lt.grad, lr.grad, grad_tol, "dlogits")
+    assert_kernel_close(out, ref.float(), kernel_tol(out, loss_tol), "loss")
+    assert_kernel_close(lt.grad, lr.grad.float(), kernel_tol(lt.grad, grad_tol), "dlogits")
     return out, lt.grad, cot
 
 
@@ -230,25 +224,24 @@ def test_strided_logits(device, kernel_calls):
     wide = 2.0 * torch.randn(B, 40)
     labels = torch.randint(0, 25, (B,))
     check_vs_torch(wide[:, 7:32], labels, device, kernel_calls, p_k=[0.5, 0.5], m=6)
-    kernel_calls.update(fused_forward=0, scatter_backward=0)
+    kernel_calls.update(topk_ce_fwd=0, topk_ce_bwd=0)
     check_vs_torch(2.0 * torch.randn(25, B).t(), labels, device, kernel_calls, p_k=[0.5, 0.5], m=6)
 
 
 # --------------------------------------------------------------------------- launchers, called directly
 def _fused_direct(logits, labels, p_k, method, m, mode, need_grad, device):
-    """``fused_forward`` with the table and position weights the public path builds."""
+    """``topk_ce_fwd`` with the table and rank weights the public path builds."""
     c = fastsort.losses.rank_weights(p_k, mode)
     table = fastsort.get_network(method, m, device, len(p_k) if method == "splitter_selection" else None)
-    v = _fused_loss._position_weights(tuple(c), m, device)
-    out, idx = ktl.fused_forward(logits.to(device), labels.to(device), v, table, ("cauchy", 2.0, 0.25), m, mode,
-                                 p_k[0], sum(p_k[1:]), need_grad)
+    out, idx = ktl.topk_ce_fwd(logits.to(device), labels.to(device), tuple(c), table, ("cauchy", 2.0, 0.25), m,
+                               mode, p_k[0], sum(p_k[1:]), need_grad)
     return out[:, 0], out[:, 1:], idx
 
 
 @pytest.mark.parametrize("method,mode,m,need_grad", [("bitonic", "sm", 5, True), ("odd_even", "sort", 8, False),
                                                      ("splitter_selection", "smce", 16, True)])
-def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
-    """``fused_forward`` with NaN-prefilled loss / gsel / scratch (idx prefilled with -1): the loss is the
+def test_topk_ce_fwd_writes_every_element(method, mode, m, need_grad, device):
+    """``topk_ce_fwd`` with NaN-prefilled loss / gsel / scratch (idx prefilled with -1): the loss is the
     torch backend's, ``idx`` the label then the other top ``m - 1`` columns by value, ``gsel`` the torch
     backend's gradient at those columns."""
     p_k = [0.2, 0.5, 0.3]
@@ -258,7 +251,7 @@ def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
     lr = logits.clone().requires_grad_(True)
     ref = fastsort.topk_cross_entropy(lr, labels, p_k, method, m=m, top1_mode=mode, inverse_temperature=2.0,
                                       reduction="none", backend="torch")
-    assert_close(loss, ref, 1e-5, "loss")
+    assert_kernel_close(loss, ref, kernel_tol(loss, 1e-5), "loss")
     if not need_grad:
         assert gsel.shape == idx.shape == (5, 0)
         return
@@ -267,7 +260,7 @@ def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
     expected_idx = torch.cat([labels[:, None], others], dim=1)
     assert idx.dtype == torch.int64
     assert torch.equal(idx.cpu().long(), expected_idx)
-    assert_close(gsel, lr.grad.gather(1, expected_idx), 1e-4, "gsel")
+    assert_kernel_close(gsel, lr.grad.gather(1, expected_idx), kernel_tol(gsel, 1e-4), "gsel")
     # the torch backend's gradient is zero outside the m preselected columns, as the fused one is
     assert lr.grad.scatter(1, expected_idx, 0.0).abs().max() == 0
 
@@ -275,7 +268,7 @@ def test_fused_forward_writes_every_element(method, mode, m, need_grad, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("per_row", [True, False], ids=["per_row_grad", "scalar_grad"])
 @pytest.mark.parametrize("col0,scale", [(0, 1.0), (1, 0.25)], ids=["gsel", "fused_out_mean"])
-def test_scatter_backward_writes_every_element(dtype, per_row, col0, scale, device):
+def test_topk_ce_bwd_writes_every_element(dtype, per_row, col0, scale, device):
     """The dense ``dlogits`` (NaN-prefilled): ``scale * grad_out * gsel`` at the selected columns, exactly 0
     everywhere else, in the logits' dtype; C spans several column blocks and is not a multiple of one.
     ``col0 = 1``: ``gsel`` read from the fused forward's ``[B, 1 + m]`` output (loss column first)."""
@@ -286,7 +279,7 @@ def test_scatter_backward_writes_every_element(dtype, per_row, col0, scale, devi
     idx[0, 0] = C - 1  # the last column
     grad_out = torch.randn(b) if per_row else torch.tensor(0.75)
     with nan_filled_allocations(ktl):
-        dx = ktl.scatter_backward(out.to(device), idx.to(device), grad_out.to(device).to(dtype), C, dtype, scale,
+        dx = ktl.topk_ce_bwd(out.to(device), idx.to(device), grad_out.to(device).to(dtype), C, dtype, scale,
                                   col0=col0)
     g = (grad_out[:, None] if per_row else grad_out).to(dtype).float() * scale
     expected = torch.zeros(b, C).scatter(1, idx.long(), gsel * g).to(dtype)

@@ -35,7 +35,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..functional import _network, compute_dtype, kernel_backend, parse_params, sweep_init
+from .._dispatch import choose_backend
+from .._validate import compute_dtype
+from ..networks import sweep_init
+from ..registry import METHODS
 from ..relaxations import DISTRIBUTIONS
 
 __all__ = ["DiffSortNet", "CompatError", "UnsupportedOptionError", "SORTING_NETWORKS", "DISTRIBUTIONS"]
@@ -154,12 +157,12 @@ def run_network(vectors: torch.Tensor, kind: str, columns: int, steepness, art_l
     ``splitter_selection`` network.
     """
     x2 = vectors.to(compute_dtype(vectors.dtype))
-    p = parse_params(kind, dict(steepness=_as_float("steepness", steepness),
-                                distribution=check_distribution(distribution),
-                                art_lambda=_as_float("art_lambda", art_lambda)))
+    network = METHODS[kind]
+    p = network.parse(dict(steepness=_as_float("steepness", steepness), distribution=check_distribution(distribution),
+                           art_lambda=_as_float("art_lambda", art_lambda)))
     n = x2.shape[1]
     init = sweep_init("topk", n, columns, x2.dtype, x2.device)  # unit rows of the top positions, largest first
-    y, S0 = _network(x2, kind, p, init, kernel_backend(x2, "auto"), k)
+    y, S0 = network.sweep(x2, p, init, choose_backend(x2, "auto", network.kernels), k)
     # S0[b, r, i] = weight of input i at position n - 1 - r; diffsort's layout is inputs x ascending positions
     return y.to(vectors.dtype), S0.flip(1).transpose(1, 2).contiguous().to(vectors.dtype)
 

@@ -34,8 +34,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .._torch_softmax_sorts import neuralsort_rows, softsort_rows
-from ..functional import compute_dtype
+from .._validate import compute_dtype
+from ..softmax_sorts import neuralsort_rows, softsort_rows
 from ..losses import TOP1_MODES, topk_cross_entropy
 from .diffsort import (
     CompatError,

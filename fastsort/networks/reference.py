@@ -1,6 +1,6 @@
 """Torch backend of the relaxed sorting networks (the CPU path and the kernels' oracle).
 
-Notation (per row, SPEC.md): ``X = L_1 L_2 ... L_D`` with layer ``l`` mixing
+Notation (per row; docs/design.md, "The reverse sweep"): ``X = L_1 L_2 ... L_D`` with layer ``l`` mixing
 each wire ``i`` with its partner ``p``::
 
     x^l_i = w_i x^{l-1}_i + (1 - w_i) x^{l-1}_p      (values, layers 1..D)
@@ -29,7 +29,8 @@ adjoint of the sweep runs the layers forward (``gS^l = mix(gS^{l-1})``,
 ``dL/dw_i = <gS^{l-1}_i, S^l_i - S^l_p>``), the adjoint of the values runs
 them backward, and ``dL/dalpha = wb (dL/dw_i + dL/dw_p)`` goes through the
 relaxation's derivative to the two wires (``-dd`` on the low, ``+dd`` on the
-high wire).  The Triton kernels in ``fastsort.kernels.network`` do the same.
+high wire).  The Triton kernels (``fastsort.kernels.network``) and the CPU kernels
+(``fastsort.kernels.cpu_network``) do the same.
 
 Saved for the backward (layout ``[D, R, ...]``): the weights ``w`` and
 ``1 - w``, the layer differences ``x_p - x_i``, and the sweep blocks ``S^l``.
@@ -40,25 +41,25 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .networks import NetworkTable
-from .relaxations import relax_alpha, relax_slope
+from .._cache import device_constant
+from ..relaxations import relax_alpha, relax_slope
+from .tables import NetworkTable
 
 _CONSTS: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
 
 
 def layer_constants(table: NetworkTable, dtype: torch.dtype):
     """``(sgn, wa, wb, 1 - wa, -wb)`` as ``[D, n]`` tensors of ``dtype`` (cached per table)."""
-    key = (table.kind, table.n, table.k, str(table.partner.device), dtype)  # what the table is, not its id
-    consts = _CONSTS.get(key)
-    if consts is None:
+    def build():
         ar = torch.arange(table.n, device=table.index.device)
         passthrough = table.index == ar
         sgn = torch.where(table.index > ar, 1.0, -1.0).masked_fill(passthrough, 0.0).to(dtype)
         wb = torch.where(table.desc, -1.0, 1.0).masked_fill(passthrough, 0.0).to(dtype)
         wa = torch.where(table.desc, 1.0, 0.0).masked_fill(passthrough, 1.0).to(dtype)
-        consts = (sgn, wa, wb, 1 - wa, -wb)
-        _CONSTS[key] = consts
-    return consts
+        return sgn, wa, wb, 1 - wa, -wb
+
+    # keyed by what the table is, not its id
+    return device_constant(_CONSTS, (table.kind, table.n, table.k, str(table.partner.device), dtype), build)
 
 
 def _mix(v: torch.Tensor, w: torch.Tensor, om: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -133,15 +134,18 @@ def backward_values(gy, GW, WW, DIFF, table: NetworkTable, distribution: str, st
     return g
 
 
-def network_apply(x, table: NetworkTable, init: Optional[torch.Tensor], distribution: str, steepness: float,
-                  art_lambda: float, need_grad: bool):
-    """Forward of the torch backend: ``(y, S0, saved)``; ``S0`` is None when ``init`` is None."""
+def network_fwd(x, table: NetworkTable, init: Optional[torch.Tensor], relax_params, need_grad: bool):
+    """Forward of the torch backend: ``(y, S0, saved)``; ``S0`` is None when ``init`` is None.
+    ``relax_params = (distribution, steepness, art_lambda)`` (the kernels' launcher contract)."""
+    distribution, steepness, art_lambda = relax_params
     y, WW, DIFF = forward_values(x, table, distribution, steepness, art_lambda, need_grad)
     S0, SHIST = (None, None) if init is None else sweep(WW, table, init, need_grad)
     return y, S0, (WW, DIFF, SHIST)
 
 
-def network_apply_backward(saved, table, distribution, steepness, art_lambda, gy, gS0):
+def network_bwd(saved, table: NetworkTable, relax_params, gy, gS0):
+    """Backward of the torch backend: ``dL/dx`` from ``dL/dy`` and ``dL/dS0`` (either may be None)."""
+    distribution, steepness, art_lambda = relax_params
     WW, DIFF, SHIST = saved
     GW = None if gS0 is None else sweep_backward(gS0, WW, table, SHIST)
     return backward_values(gy, GW, WW, DIFF, table, distribution, steepness, art_lambda)

@@ -10,11 +10,16 @@ Both return rows of the relaxed permutation matrix in *descending* rank order
   ``softmax(-|sort(s, desc)_i - s| ** pow / tau)``.
 
 Cost ``O(n k)`` for ``k`` rows, never an ``n x n`` intermediate unless all
-rows are requested.  Plain autograd is exact and memory-light here.
+rows are requested.  Plain autograd is exact and memory-light here, so these
+methods have no kernels: their torch ops run on any device
+(docs/design.md, "NeuralSort and SoftSort").
 """
 from __future__ import annotations
 
 import torch
+
+from ._validate import as_positive
+from .method import RowsMethod
 
 
 def abs_row_sums(s: torch.Tensor):
@@ -59,3 +64,33 @@ def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float) -> torch.Tens
     if pow != 1.0:
         diff = diff.pow(pow)
     return torch.softmax(-diff / tau, dim=-1)
+
+
+class NeuralSort(RowsMethod):
+    """NeuralSort (Grover et al., ICLR 2019); parameter ``tau=1.0`` (``1 / inverse_temperature`` in the loss)."""
+
+    defaults = {"tau": 1.0}
+
+    def check(self, p):
+        p["tau"] = as_positive(p["tau"], "tau")
+        return p
+
+    def loss_params(self, inverse_temperature, distribution, art_lambda):
+        return self.parse(dict(tau=1.0 / inverse_temperature))
+
+    def topk(self, x, k, p, backend):
+        return neuralsort_rows(x, k, p["tau"])
+
+
+class SoftSort(NeuralSort):
+    """SoftSort (Prillo and Eisenschlos, ICML 2020); parameters ``tau=1.0``, ``pow=1.0``."""
+
+    defaults = {"tau": 1.0, "pow": 1.0}
+
+    def check(self, p):
+        p = super().check(p)
+        p["pow"] = as_positive(p["pow"], "pow")
+        return p
+
+    def topk(self, x, k, p, backend):
+        return softsort_rows(x, k, p["tau"], p["pow"])

@@ -15,8 +15,8 @@ Both wires of a comparator compute the same mixing weight
     x_new[i] = w * x[i] + (1 - w) * x[partner[i]],   w = alpha  (ascending)
                                                      w = 1 - alpha (descending)
 
-which is exactly SPEC.md's ``new_min``/``new_max`` written from the point of
-view of the receiving wire.  The same table drives the torch backend and every
+which is the comparator's ``new_min``/``new_max`` written from the point of
+view of the receiving wire (docs/design.md, "Networks as tables").  The same table drives the torch backend and every
 Triton kernel, for every network type.
 
 Conventions (diffsort's): ascending wire order, wire ``n - 1`` ends up with the
@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._cache import device_constant
-from ._validate import as_int
+from .._cache import device_constant
+from .._validate import as_int
 
 __all__ = [
     "NETWORK_KINDS",
@@ -42,6 +42,7 @@ __all__ = [
     "splitter_selection_layers",
     "network_layers",
     "get_network",
+    "sweep_init",
 ]
 
 NETWORK_KINDS = ("odd_even", "bitonic", "splitter_selection")
@@ -257,3 +258,36 @@ def get_network(kind: str, n: int, device="cpu", k: Optional[int] = None) -> Net
                             lanes.to(device))
 
     return device_constant(_DEVICE_CACHE, (kind, n, k, str(device)), build)
+
+
+_INITS: Dict[tuple, torch.Tensor] = {}
+
+
+def sweep_init(kind: str, n: int, k: int, dtype: torch.dtype, device, weights: Tuple[float, ...] = ()) -> torch.Tensor:
+    """The block ``S^D [C, n]`` that the reverse sweep multiplies by ``X`` (built once, cached per device;
+    docs/design.md, "The reverse sweep").
+
+    * ``topk``: unit rows of the top ``k`` positions, the largest first (``[k, n]``);
+    * ``ranks``: the positions ``1..n`` (``[1, n]``);
+    * ``mask``: the indicator of the top ``k`` positions (``[1, n]``);
+    * ``weights``: ``weights[r]`` at rank ``r + 1``, i.e. position ``n - 1 - r`` (``[1, n]``).
+    """
+    return device_constant(_INITS, (kind, n, k, weights, dtype, str(device)),
+                           lambda: _sweep_init_block(kind, n, k, dtype, weights).to(device))
+
+
+def _sweep_init_block(kind: str, n: int, k: int, dtype: torch.dtype, weights: Tuple[float, ...]) -> torch.Tensor:
+    if kind == "topk":
+        init = torch.zeros(k, n, dtype=dtype)
+        init[torch.arange(k), n - 1 - torch.arange(k)] = 1
+    elif kind == "ranks":
+        init = torch.arange(1, n + 1, dtype=dtype).unsqueeze(0)
+    elif kind == "mask":
+        init = torch.zeros(1, n, dtype=dtype)
+        init[:, n - k:] = 1
+    elif kind == "weights":
+        init = torch.zeros(1, n, dtype=dtype)
+        init[0, n - len(weights):] = torch.tensor(weights[::-1], dtype=dtype)
+    else:
+        raise ValueError(f"unknown sweep block {kind!r}; expected topk, ranks, mask or weights")
+    return init

@@ -1,0 +1,140 @@
+"""One definition of a kernel-backed op, run three ways (docs/design.md, "Backends and dispatch").
+
+A method with hand-written kernels defines its op once: a ``forward`` that
+returns the op's outputs followed by the tensors its backward needs, a
+``backward`` that maps the outputs' gradients (plus what was saved) to the
+gradients of the differentiable inputs, and a fake (meta) implementation of
+each.  :class:`KernelOp` then runs it
+
+* as a ``torch.library`` custom-op pair ``fastsort::<name>_fwd`` /
+  ``fastsort::<name>_bwd`` while ``torch.compile`` traces (opaque to the
+  tracer, shapes from the fake implementations, no graph break);
+* behind a plain ``torch.autograd.Function`` in eager mode when a gradient is
+  needed: a custom op's Python dispatch costs more than the kernels at small
+  sizes, and its autograd would materialise zero gradients for every saved
+  tensor it returns as an output, which the Function never builds;
+* as the bare forward otherwise.
+
+Contract of the two definitions (both must carry type annotations, which
+``torch.library`` turns into the ops' schemas)::
+
+    forward(*inputs, need_grad: bool) -> Tuple[Tensor, ...]      # n_outputs outputs, then the saved tensors
+    backward(*output_grads, *saved_inputs, *saved, *attrs) -> Tensor | Tuple[Tensor, ...]
+
+``attrs`` are the forward's non-tensor inputs in order (without ``need_grad``);
+``saved_inputs`` are the inputs at positions ``save_inputs`` (an op's outputs
+may not alias its inputs, so an input the backward needs is saved as an
+input); an output gradient is ``None`` in eager mode when that output did not
+reach the loss, and may be a zero tensor under ``torch.compile``.  The
+backward returns one gradient per position in ``differentiable``.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["KernelOp"]
+
+
+def _is_tensor_annotation(annotation) -> bool:
+    return annotation is torch.Tensor or annotation == Optional[torch.Tensor]
+
+
+class KernelOp:
+    """A custom-op pair plus its eager ``autograd.Function`` twin, from one forward/backward definition.
+
+    Args:
+        name: the ops are registered as ``fastsort::<name>_fwd`` and ``fastsort::<name>_bwd``.
+        forward, backward: the implementations (see the module docstring for their contract).
+        forward_fake, backward_fake: the same signatures, returning empty tensors of the right shapes.
+        n_outputs: how many of the forward's returned tensors are the op's outputs (the rest are saved).
+        differentiable: positions of the inputs that can receive a gradient.
+        save_inputs: positions of inputs the backward needs (passed to it after the output gradients).
+
+    Calling the op with the forward's inputs (without ``need_grad``) returns the ``n_outputs``
+    outputs (a tensor when ``n_outputs == 1``).
+    """
+
+    def __init__(self, name: str, forward: Callable, backward: Callable, *, forward_fake: Callable,
+                 backward_fake: Callable, n_outputs: int, differentiable: Sequence[int] = (0,),
+                 save_inputs: Sequence[int] = ()):
+        self.name = name
+        self._forward = forward
+        self._backward = backward
+        self.n_outputs = n_outputs
+        self.differentiable = tuple(differentiable)
+        self.save_inputs = tuple(save_inputs)
+        hints = typing.get_type_hints(forward)
+        params = [p for p in hints if p not in ("return", "need_grad")]
+        self.n_inputs = len(params)
+        self.attr_positions = tuple(i for i, p in enumerate(params) if not _is_tensor_annotation(hints[p]))
+
+        self.fwd_op = torch.library.custom_op(f"fastsort::{name}_fwd", forward, mutates_args=())
+        self.fwd_op.register_fake(forward_fake)
+        self.bwd_op = torch.library.custom_op(f"fastsort::{name}_bwd", backward, mutates_args=())
+        self.bwd_op.register_fake(backward_fake)
+        self.fwd_op.register_autograd(self._compiled_backward, setup_context=self._setup_context)
+        self.function = self._make_function()
+
+    # ------------------------------------------------------------------ pieces shared by both paths
+    def _attrs(self, inputs) -> tuple:
+        return tuple(inputs[i] for i in self.attr_positions)
+
+    def _input_grads(self, grads) -> tuple:
+        """The backward's gradients placed at the differentiable positions, ``None`` elsewhere."""
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        out = [None] * self.n_inputs
+        for pos, g in zip(self.differentiable, grads):
+            out[pos] = g
+        return tuple(out)
+
+    # ------------------------------------------------------------------ torch.compile: the custom ops
+    def _setup_context(self, ctx, inputs, output):
+        saved_inputs = tuple(inputs[i] for i in self.save_inputs)
+        ctx.save_for_backward(*saved_inputs, *output[self.n_outputs:])
+        ctx.attrs = self._attrs(inputs)
+        ctx.need_grad = inputs[-1]
+
+    def _compiled_backward(self, ctx, *grads):
+        if not ctx.need_grad:
+            raise RuntimeError(f"fastsort: backward through {self.name} run without need_grad")
+        return self._input_grads(self.bwd_op(*grads[:self.n_outputs], *ctx.saved_tensors, *ctx.attrs)) + (None,)
+
+    # ------------------------------------------------------------------ eager mode: a plain Function
+    def _make_function(self):
+        op = self
+
+        class _Function(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *inputs):
+                result = op._forward(*inputs, True)
+                ctx.set_materialize_grads(False)
+                ctx.save_for_backward(*(inputs[i] for i in op.save_inputs), *result[op.n_outputs:])
+                ctx.attrs = op._attrs(inputs)
+                outputs = result[:op.n_outputs]
+                return outputs[0] if op.n_outputs == 1 else outputs
+
+            @staticmethod
+            @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
+            def backward(ctx, *grads):
+                if all(g is None for g in grads):  # no output reached the loss
+                    return (None,) * op.n_inputs
+                return op._input_grads(op._backward(*grads, *ctx.saved_tensors, *ctx.attrs))
+
+        _Function.__name__ = _Function.__qualname__ = f"{self.name}_function"
+        return _Function
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, *inputs):
+        need_grad = torch.is_grad_enabled() and any(
+            isinstance(inputs[i], torch.Tensor) and inputs[i].requires_grad for i in self.differentiable)
+        if torch.compiler.is_compiling():
+            outputs = self.fwd_op(*inputs, need_grad)[:self.n_outputs]
+        elif need_grad:
+            return self.function.apply(*inputs)
+        else:
+            outputs = self._forward(*inputs, False)[:self.n_outputs]
+        return outputs[0] if self.n_outputs == 1 else tuple(outputs)
