@@ -44,3 +44,36 @@ def gpu_launch_configs(monkeypatch):
 
     for module in (launch, topk_loss):
         monkeypatch.setattr(module, "interpreting", lambda: False)
+
+
+#: the oracle packages the suite checks fastsort against; ``FASTSORT_REQUIRE_ORACLES=1`` (set by
+#: ``.ci/run``) turns a skip for a missing one into a failure, so CI never passes without them
+ORACLES = ("diffsort", "difftopk", "torchsort", "scipy")
+REQUIRE_ORACLES = os.environ.get("FASTSORT_REQUIRE_ORACLES", "0") not in ("", "0")
+
+
+def _missing_oracle(report) -> bool:
+    if not (REQUIRE_ORACLES and report.skipped):
+        return False
+    reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+    return "could not import" in reason and any(f"'{name}" in reason for name in ORACLES)
+
+
+def _fail_missing_oracle(report) -> None:
+    if _missing_oracle(report):
+        report.outcome = "failed"
+        report.longrepr = f"FASTSORT_REQUIRE_ORACLES=1 and an oracle package is missing: {report.longrepr}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    _fail_missing_oracle(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_missing_oracle(report)
+    return report
