@@ -22,10 +22,21 @@ smooth loss is numerically indistinguishable from the hard one::
 ``difftopk.SmoothHardTopKLoss`` (difftopk 0.2.0, alpha = 1), whose "mean" is
 the sum of the per-sample losses divided by the batch size.
 
-The elementary symmetric polynomials are computed in log space by
-:func:`log_elementary_symmetric` (a divide-and-conquer product of the
-polynomials ``1 + exp(x_i) t``, truncated at degree ``k``), so plain autograd
-gives exact, finite gradients.
+The elementary symmetric polynomials are the coefficients of the product of
+the polynomials ``1 + exp(x_i) t`` (truncated at degree ``k``), multiplied
+out pairwise (divide and conquer, ``ceil(log2 C)`` vectorised levels).  The
+loss computes them in the compute dtype (float32, or float64 for float64
+logits) from ``z_i = exp(x_i - max_j x_j) <= 1``: every coefficient is then
+a sum of positive terms no larger than ``C(C - 1, k)``, so no cancellation
+occurs, and a hand-written backward walks the same levels down
+(:class:`_ShiftedESP`).  Rows whose ``e_{k-1}`` or ``e_k`` come too close to
+the dtype's underflow to keep its full relative precision (scores spread by
+many ``k * tau``; :func:`_fast_path_floor`), or that are not finite, are
+recomputed in log space by :func:`log_elementary_symmetric` with plain
+autograd.  Both give the exact gradient, also for ``k = 1``, where
+difftopk's hand-written backward is not: it takes ``d log e_0 / dx = 1``
+instead of 0, adding ``-sigmoid(z_b) / B`` (about ``-1 / B``) to the gradient
+of every non-label logit (float64 finite differences agree with fastsort).
 """
 from __future__ import annotations
 
@@ -33,8 +44,7 @@ import math
 
 import torch
 
-from ._validate import as_int, as_positive, as_real
-from ._validate import check_logits_labels, check_reduction
+from ._validate import as_int, as_positive, as_positive_int, as_real, check_logits_labels, check_reduction
 from .losses import reduce_loss
 
 __all__ = [
@@ -142,15 +152,131 @@ def log_elementary_symmetric(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# losses
+# the loss's fast path: linear-space coefficients of exp(u - max), float64
 # ---------------------------------------------------------------------------
 
 
-def _check_k(k) -> int:
-    k = as_int(k, "k")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return k
+def _poly_levels(z: torch.Tensor, n_coeffs: int):
+    """Multiply out ``prod_i (1 + z_i t)`` over the last dim of ``z [B, n]``, truncated to ``n_coeffs``.
+
+    The polynomials are kept degree-major, ``[d, B, P]`` (coefficient ``j`` of every polynomial is
+    one contiguous block), padded with the polynomial ``1`` to a power of two, and each level
+    multiplies the first half by the second.  Returns ``(coeffs [B, n_coeffs'], levels)``:
+    ``levels[l] = (a, b)`` are the operands ``[d, B, P / 2]`` of level ``l`` (what the backward
+    needs).  No autograd.
+    """
+    batch, n = z.shape
+    width = 1 << max(n - 1, 0).bit_length()
+    polys = z.new_zeros((min(2, n_coeffs), batch, width))
+    polys[0] = 1.0
+    if n_coeffs > 1:
+        polys[1, :, :n] = z
+    levels = []
+    while polys.shape[2] > 1:
+        half = polys.shape[2] // 2
+        a, b = polys[:, :, :half], polys[:, :, half:]
+        levels.append((a, b))
+        d = a.shape[0]
+        d_out = min(2 * d - 1, n_coeffs)
+        c = a.new_empty((d_out, batch, half))
+        c[:d] = b  # the a_0 = 1 term
+        c[d:] = 0.0
+        for i in range(1, d):
+            w = min(d, d_out - i)
+            c[i:i + w].addcmul_(a[i:i + 1], b[:w])
+        polys = c
+    return polys[:, :, 0].t(), levels
+
+
+def _poly_levels_backward(g: torch.Tensor, levels, n: int) -> torch.Tensor:
+    """``d<g, coeffs>/dz [B, n]`` for :func:`_poly_levels`, ``g [B, n_coeffs']``: the levels walked
+    down."""
+    g = g.t().unsqueeze(2)  # [d_out, B, 1]
+    for a, b in reversed(levels):
+        d, d_out, half = a.shape[0], g.shape[0], a.shape[2]
+        g_new = a.new_empty((d, a.shape[1], 2 * half))
+        ga, gb = g_new[:, :, :half], g_new[:, :, half:]
+        ga.copy_(g[:d].expand_as(ga))  # t = 0: b_0 = 1 (and a_0 = 1 below); d <= d_out
+        gb.copy_(g[:d].expand_as(gb))
+        for t in range(1, d):  # c_{i+t} += a_i b_t
+            w = min(d, d_out - t)
+            ga[:w].addcmul_(g[t:t + w], b[t:t + 1])
+            gb[:w].addcmul_(g[t:t + w], a[t:t + 1])
+        g = g_new
+    return g[1, :, :n]  # leaves 1 + z_i t: the gradient of z_i is that of coefficient 1
+
+
+class _ShiftedESP(torch.autograd.Function):
+    """``e_0 .. e_k`` of ``z = exp(u)`` per row of ``u [B, n]`` (float64, entries ``<= 0``), the
+    ``labels`` column left out (``z_y = 0``); the backward is hand-written (no graph per level)."""
+
+    @staticmethod
+    def forward(ctx, u, labels, k):
+        z = u.exp().scatter_(1, labels.unsqueeze(1), 0.0)
+        e, levels = _poly_levels(z, k + 1)
+        ctx.levels = levels
+        ctx.save_for_backward(z)
+        return e
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        gz = _poly_levels_backward(g.to(z.dtype), ctx.levels, z.shape[1])
+        return gz * z, None, None  # dz/du = z (0 at the label)
+
+
+def _fast_path_floor(n: int, k: int, dtype: torch.dtype) -> float:
+    """The smallest ``e_{k-1}``, ``e_k`` that the fast path computes to the precision of ``dtype``.
+
+    With ``z <= 1`` every partial coefficient is at most ``C(n, k)``.  A subnormal intermediate
+    carries an absolute error of at most half the smallest subnormal, which reaches a result
+    multiplied by a complementary coefficient (``<= C(n, k)``), for at most ``n (k + 1)^2``
+    products; rows below ``1 / eps`` times that bound go to the log-space path.  ``inf`` (every
+    row does) when ``C(n, k)`` itself could overflow ``dtype``.
+    """
+    info = torch.finfo(dtype)
+    log_comb = math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(max(n - k, 0) + 1)
+    if log_comb > 0.9 * math.log(info.max):
+        return math.inf
+    half_subnormal = math.log(info.smallest_normal) + math.log(info.eps) - math.log(2.0)
+    return math.exp(log_comb + math.log(n * (k + 1) ** 2) + half_subnormal - math.log(info.eps))
+
+
+def _log_esp_pair(x: torch.Tensor, labels: torch.Tensor, k: int, scale: float):
+    """``(log e_{k-1}, log e_k)`` of ``exp(x_c / scale)`` over the classes ``c != label``, ``[B]`` each,
+    for ``x [B, C]`` float32 or float64 (computed in that dtype; float32 in float64 where
+    ``C(C - 1, k)`` exceeds its range).
+
+    The linear-space path of :class:`_ShiftedESP` for every row it keeps to the dtype's precision,
+    the log-space :func:`log_elementary_symmetric` for the others (see the module docstring).
+    """
+    batch, num_classes = x.shape
+    lab = labels.unsqueeze(1)
+    u = x / scale
+    floor = _fast_path_floor(num_classes - 1, k, u.dtype)
+    if floor == math.inf and u.dtype != torch.float64:  # C(n, k) beyond float32's range
+        u, floor = u.double(), _fast_path_floor(num_classes - 1, k, torch.float64)
+    shift = u.detach().scatter(1, lab, -math.inf).amax(dim=1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    e = _ShiftedESP.apply(u - shift, labels, k)[:, k - 1:k + 1]  # [B, 2]
+    ok = torch.isfinite(e).all(dim=1) & (e >= floor).all(dim=1)
+    # log of the trusted rows only: a 0 of an untrusted row would give 0 / 0 in the backward
+    log_e = torch.log(torch.where(ok.unsqueeze(1), e, torch.ones_like(e)))
+    log_e = log_e + shift * torch.arange(k - 1, k + 1, dtype=u.dtype, device=u.device)
+    if not bool(ok.all()):
+        rows = (~ok).nonzero().squeeze(1)
+        lab_r = lab[rows]
+        cols = torch.arange(num_classes - 1, device=x.device).expand(rows.numel(), -1)
+        cols = cols + (cols >= lab_r).long()
+        slow = log_elementary_symmetric(u[rows].gather(1, cols), k)[:, k - 1:k + 1]
+        log_e = log_e.index_put((rows,), slow)
+    return log_e[:, 0].to(x.dtype), log_e[:, 1].to(x.dtype)
+
+
+# ---------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------
 
 
 def _check_alpha(alpha) -> float:
@@ -200,7 +326,7 @@ def smooth_topk_svm_loss(
         >>> smooth_topk_svm_loss(logits, labels, k=2, tau=1.0).shape
         torch.Size([])
     """
-    k = _check_k(k)
+    k = as_positive_int(k, "k")
     tau = as_positive(tau, "tau")
     alpha = _check_alpha(alpha)
     reduction = check_reduction(reduction)
@@ -208,25 +334,22 @@ def smooth_topk_svm_loss(
 
     out_dtype = logits.dtype
     x = logits.float() if out_dtype in _LOW_PRECISION else logits
-    batch, num_classes = x.shape
     labels = labels.long()
-
-    # x1: the C-1 other scores (in class order), x2: the true-class score
-    cols = torch.arange(num_classes - 1, device=x.device).expand(batch, -1)
-    cols = cols + (cols >= labels[:, None]).long()
-    x1 = x.gather(1, cols)
-    x2 = x.gather(1, labels[:, None]).squeeze(1)
+    lab = labels.unsqueeze(1)
+    x2 = x.gather(1, lab).squeeze(1)  # the true-class score
 
     scale = k * tau
-    log_e = log_elementary_symmetric(x1 / scale, k)
-    z = alpha / tau + log_e[:, k] - log_e[:, k - 1] - x2 / scale
+    log_e_km1, log_e_k = _log_esp_pair(x, labels, k, scale)  # over the C - 1 other scores
+    z = alpha / tau + log_e_k - log_e_km1 - x2 / scale
     loss = tau * torch.logaddexp(z, torch.zeros_like(z))  # tau * softplus(z)
 
     if hard:
         top = x.detach().topk(k + 1, dim=1).values
         is_hard = (top[:, k - 1] - top[:, k]) >= k * tau * math.log(_HARD_THRESH)
-        max_1 = (x1 + alpha).topk(k, dim=1).values.mean(dim=1)
-        max_2 = (x1.topk(k - 1, dim=1).values.sum(dim=1) + x2) / k
+        # the k largest other scores (the label, at -inf, never ranks among them)
+        top_others = x.scatter(1, lab, -math.inf).topk(k, dim=1).values
+        max_1 = (top_others + alpha).mean(dim=1)
+        max_2 = (top_others[:, :k - 1].sum(dim=1) + x2) / k
         hard_loss = torch.clamp(max_1 - max_2, min=0)
         loss = torch.where(is_hard, hard_loss, loss)
 
@@ -254,7 +377,7 @@ class SmoothTopKLoss(torch.nn.Module):
 
     def __init__(self, k: int, tau: float = 1.0, reduction: str = "mean"):
         super().__init__()
-        self.k = _check_k(k)
+        self.k = as_positive_int(k, "k")
         self.tau = as_positive(tau, "tau")
         self.reduction = check_reduction(reduction)
 

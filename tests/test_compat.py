@@ -441,9 +441,9 @@ def test_smooth_topk_losses_match_difftopk(cls, k, tau, scale):
     """Values against difftopk; gradients against the exact subset-enumeration reference.
 
     difftopk's hand-written ``LogSumExp`` backward is only compared where it is exact (k >= 2,
-    moderate scores): for k = 1 it adds ``-1/B`` to the gradient of every non-label logit
-    (finite differences disagree with it), and for large score gaps it switches to its p-th
-    order approximation (errors ~1e-5).
+    moderate scores): for k = 1 it adds ``-sigmoid(z_b) / B`` (about ``-1/B``) to the gradient of
+    every non-label logit (finite differences disagree with it; test_compat_usage.py pins the
+    offset), and for large score gaps it switches to its p-th order approximation (errors ~1e-5).
     """
     pytest.importorskip("fastsort.smooth_topk")
     C, B = 10, 8

@@ -111,6 +111,98 @@ def test_log_esp_gradcheck(n, k):
 
 
 # ---------------------------------------------------------------------------
+# the loss's linear-space fast path and its log-space fallback
+# ---------------------------------------------------------------------------
+
+
+def _log_space_loss(logits, labels, k, tau, alpha=1.0):
+    """The smooth loss per row entirely through log_elementary_symmetric (plain autograd)."""
+    B, C = logits.shape
+    cols = torch.arange(C - 1).expand(B, -1)
+    cols = cols + (cols >= labels[:, None]).long()
+    x1, x2 = logits.gather(1, cols), logits.gather(1, labels[:, None]).squeeze(1)
+    log_e = log_elementary_symmetric(x1 / (k * tau), k)
+    z = alpha / tau + log_e[:, k] - log_e[:, k - 1] - x2 / (k * tau)
+    return tau * torch.logaddexp(z, torch.zeros_like(z))
+
+
+@pytest.fixture
+def log_space_calls(monkeypatch):
+    """The rows the loss sends to the log-space path (a list of row counts, one per call)."""
+    import fastsort.smooth_topk as st
+
+    calls = []
+    real = st.log_elementary_symmetric
+
+    def counting(x, k):
+        calls.append(x.shape[0])
+        return real(x, k)
+
+    monkeypatch.setattr(st, "log_elementary_symmetric", counting)
+    return calls
+
+
+@pytest.mark.parametrize("B, C, k, tau", [(6, 2, 1, 1.0), (5, 9, 3, 0.5), (4, 33, 8, 1.0), (3, 300, 5, 0.2)])
+def test_fast_path_matches_log_space(B, C, k, tau, log_space_calls):
+    logits, labels = make_batch(B, C, C + k, scale=3.0)
+    x = logits.clone().requires_grad_()
+    ours = smooth_topk_svm_loss(x, labels, k, tau, reduction="none")
+    assert log_space_calls == []  # every row on the fast path
+    ref_x = logits.clone().requires_grad_()
+    ref = _log_space_loss(ref_x, labels, k, tau)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    G = torch.randn(B, dtype=torch.float64)
+    (ours * G).sum().backward()
+    (ref * G).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_rows_fall_back_to_log_space(dtype, log_space_calls):
+    """Rows whose e_{k-1}, e_k would underflow the dtype (scores spread by hundreds of k tau) take the
+    log-space path; the others stay on the fast path; values and gradients are those of log space."""
+    B, C, k, tau = 6, 12, 4, 0.5
+    logits, labels = make_batch(B, C, 5, scale=1.0)
+    labels[1] = labels[4] = 0
+    logits[1, 1:4] += 3000.0  # three classes far above the rest: e_4 / e_3 ~ exp(-3000 / (k tau))
+    logits[4, 5] = 1e4
+    x = logits.to(dtype).requires_grad_()
+    ours = smooth_topk_svm_loss(x, labels, k, tau, reduction="none")
+    assert log_space_calls == [2]
+    ref_x = logits.to(dtype).requires_grad_()  # the log-space loss in the same dtype
+    ref = _log_space_loss(ref_x, labels, k, tau)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, ref, **tol)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, ref_x.grad, **tol)
+
+
+def test_float32_beyond_its_range_runs_in_float64(log_space_calls):
+    """C(C - 1, k) beyond float32's range (here ~1e41): the fast path runs in float64, the result is float32."""
+    B, C, k = 4, 1000, 20
+    logits, labels = make_batch(B, C, 9, scale=2.0)
+    x = logits.float().requires_grad_()
+    ours = smooth_topk_svm_loss(x, labels, k, 1.0, reduction="none")
+    assert ours.dtype == torch.float32 and log_space_calls == []
+    ref = _log_space_loss(logits.float().double(), labels, k, 1.0)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-6)
+    ours.sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("C, k", [(2, 1), (5, 2), (8, 7), (13, 4)])
+def test_shifted_esp_gradcheck(C, k):
+    """The hand-written backward of the fast path (label left out, entries <= 0)."""
+    from fastsort.smooth_topk import _ShiftedESP
+
+    u = -torch.rand(3, C, dtype=torch.float64).requires_grad_()
+    labels = torch.arange(3) % C
+    assert torch.autograd.gradcheck(lambda v: _ShiftedESP.apply(v, labels, k), (u,))
+
+
+# ---------------------------------------------------------------------------
 # against difftopk
 # ---------------------------------------------------------------------------
 
