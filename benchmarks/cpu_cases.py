@@ -1,4 +1,4 @@
-"""CPU benchmark cases shared by ``test_bench_cpu.py`` and ``report.py``.
+"""CPU benchmark cases shared by ``test_bench_cpu.py``, ``report.py`` and ``run.py``.
 
 Each case builds its inputs from a fixed seed and returns a closure that does
 one training step's worth of work: clear the input's gradient, forward,
@@ -51,27 +51,39 @@ FULL_B = 64  # the issue's batch for the full-n case
 # difftopk's full-n step at B=64 takes ~1-2 min and ~15 GB on 2 cores: the default
 # equal-batch comparison runs both libraries at this smaller batch (cost is linear in B).
 FULL_B_COMPARE = 8
-DIFFTOPK_METHOD = {"bitonic": "bitonic__non_sparse", "odd_even": "odd_even"}
+# fastsort method -> difftopk's TopKCrossEntropyLoss method (its dense networks and the two
+# softmax sorts; difftopk's sparse networks need torch_sparse)
+DIFFTOPK_METHOD = {"bitonic": "bitonic__non_sparse", "odd_even": "odd_even", "neuralsort": "neuralsort",
+                   "softsort": "softsort"}
+
+
+def import_peer(name: str):
+    """The module ``name`` (a peer library: difftopk, diffsort, torchsort) or ``None`` when it does not
+    import; what it prints on import (difftopk's torch_sparse warning) is silenced."""
+    import importlib
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
 
 
 def import_difftopk():
     """``difftopk`` or ``None``; its torch_sparse warning (printed on import) is silenced."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            import difftopk
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return None
-    return difftopk
+    return import_peer("difftopk")
 
 
 # --------------------------------------------------------------------------- cases
 def loss_module(lib: str, method: str, C: int = LOSS["C"], m: int = LOSS["m"],
-                inverse_temperature: float = LOSS["inverse_temperature"], device: str = "cpu"):
-    """The top-k cross-entropy module of ``lib`` (``fastsort`` or ``difftopk``) with top-m preselection."""
+                inverse_temperature: float = LOSS["inverse_temperature"], device: str = "cpu", backend: str = "auto"):
+    """The top-k cross-entropy module of ``lib`` (``fastsort`` or ``difftopk``) with top-m preselection
+    (``m=None``: none); ``backend`` is fastsort's."""
     if lib == "fastsort":
         import fastsort
 
-        return fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=inverse_temperature)
+        return fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=inverse_temperature,
+                                             backend=backend)
     if lib == "difftopk":
         difftopk = import_difftopk()
         if difftopk is None:
@@ -82,13 +94,17 @@ def loss_module(lib: str, method: str, C: int = LOSS["C"], m: int = LOSS["m"],
 
 
 def loss_step(loss_fn, B: int = LOSS["B"], C: int = LOSS["C"], device: str = "cpu",
-              dtype: torch.dtype = torch.float32, seed: int = 0):
-    """zero_grad + fwd + bwd of ``loss_fn`` on seeded logits ``[B, C]``; ``step()`` returns the loss."""
+              dtype: torch.dtype = torch.float32, seed: int = 0, grad: bool = True):
+    """zero_grad + fwd + bwd of ``loss_fn`` on seeded logits ``[B, C]``; ``step()`` returns the loss.
+    ``grad=False``: the forward alone, under ``torch.no_grad()`` (inference)."""
     g = torch.Generator().manual_seed(seed)
-    logits = (3 * torch.randn(B, C, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    logits = (3 * torch.randn(B, C, generator=g)).to(device=device, dtype=dtype).requires_grad_(grad)
     labels = torch.randint(0, C, (B,), generator=g).to(device)
 
     def step(check=False):
+        if not grad:
+            with torch.no_grad():
+                return loss_fn(logits, labels)
         logits.grad = None
         loss = loss_fn(logits, labels)
         loss.backward()
@@ -117,22 +133,38 @@ def topk_module(lib: str, n: int = FULL["n"], k: int = FULL["k"], steepness: flo
     raise ValueError(lib)
 
 
+def rows_step(fn, B: int, n: int, out_shape=None, device: str = "cpu", seed: int = 0, grad: bool = True):
+    """zero_grad + fwd + bwd of ``y = fn(x)`` on seeded rows ``x [B, n]`` with a fixed seeded upstream
+    gradient ``G`` of ``y``'s shape (``out_shape``; ``None``: found by one call of ``fn`` without
+    gradients); ``step(check=True)`` returns ``sum(y * G)`` (a check value; not computed in timed
+    calls).  ``grad=False``: the forward alone, under ``torch.no_grad()`` (inference)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, n, generator=g).to(device)
+    if out_shape is None:
+        with torch.no_grad():
+            out_shape = tuple(fn(x).shape)
+    G = torch.randn(*out_shape, generator=g).to(device)
+    x.requires_grad_(grad)
+
+    def step(check=False):
+        if not grad:
+            with torch.no_grad():
+                y = fn(x)
+            return (y * G).sum() if check else None
+        x.grad = None
+        y = fn(x)
+        y.backward(G)
+        return (y.detach() * G).sum() if check else None
+
+    step.inputs = (x,)
+    return step
+
+
 def topk_step(topk_fn, B: int, n: int = FULL["n"], k: int = FULL["k"], device: str = "cpu", seed: int = 0):
     """zero_grad + fwd + bwd of the top-k rows of the full-n relaxed permutation, with a fixed
     upstream gradient ``G [B, k, n]``; ``step(check=True)`` returns ``sum(P * G)`` (a check value;
     not computed in timed calls)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, n, generator=g).to(device).requires_grad_()
-    G = torch.randn(B, k, n, generator=g).to(device)
-
-    def step(check=False):
-        x.grad = None
-        P = topk_fn(x)
-        P.backward(G)
-        return (P.detach() * G).sum() if check else None
-
-    step.inputs = (x,)
-    return step
+    return rows_step(topk_fn, B, n, (B, k, n), device=device, seed=seed)
 
 
 def make_module(spec: dict):
@@ -184,6 +216,53 @@ def _profiler_peak_mb(prof) -> float:
     for _, nbytes in events:
         cur += nbytes
         peak = max(peak, cur)
+    return peak / 2 ** 20
+
+
+def profiled_peak_mb(fn) -> float:
+    """Peak memory (MiB) that ``fn()`` allocates and holds at once, from torch's profiler recording
+    its CPU allocation events alone (no op events: a step of 10^4 small ops costs a fraction of the
+    full profile's overhead).
+
+    Allocations and frees are matched by address: a free of a block allocated before ``fn`` started
+    is ignored (the allocator's profiling reporter remembers sizes from earlier profiling sessions,
+    and a running sum of ``nbytes`` would count such a free as a drop), so the result is the largest
+    sum of blocks allocated during ``fn`` and alive at the same moment.  Clear the input's gradient
+    before calling it, or the new gradient may reuse nothing and still be counted while the old one's
+    free is not.  Falls back to the full ``torch.profiler.profile`` and :func:`_profiler_peak_mb`
+    where torch's private profiler entry points differ."""
+    try:
+        from torch._C._profiler import ProfilerActivity, RecordScope, _ExperimentalConfig
+        from torch.autograd.profiler import ProfilerConfig, ProfilerState
+
+        acts = {ProfilerActivity.CPU}
+        config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
+        torch.autograd._prepare_profiler(config, acts)
+        torch.autograd._enable_profiler(config, acts, {RecordScope.USER_SCOPE})
+    except Exception:  # noqa: BLE001 - private API: use the public profiler instead
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        return _profiler_peak_mb(prof)
+    try:
+        fn()
+    finally:
+        result = torch.autograd._disable_profiler()
+    allocs, stack = [], list(result.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        f = node.extra_fields
+        if hasattr(f, "alloc_size") and f.device.type == "cpu":
+            allocs.append((node.start_time_ns, f.id if f.id is not None else 0, f.ptr, f.alloc_size))
+    allocs.sort()
+    live, cur, peak = {}, 0, 0
+    for _, _, ptr, size in allocs:
+        if size > 0:
+            live[ptr] = live.get(ptr, 0) + size
+            cur += size
+            peak = max(peak, cur)
+        elif ptr in live:
+            cur -= live.pop(ptr)
     return peak / 2 ** 20
 
 

@@ -20,7 +20,11 @@ Sections (every step = clear the input's gradient + forward + backward):
     overhead no longer dominates), next to torch CE and a plain copy of the logits;
 (d) Sinkhorn (epsilon 0.1 = inverse_temperature 10 for all rows), Triton vs torch
     backend: ``soft_topk(k=5)`` on [4096, 1000], and the loss at B = 4096, 1000
-    classes with m = 16 and without preselection (full n = 1000).
+    classes with m = 16 and without preselection (full n = 1000);
+(e) projection onto the permutahedron (l2, strength 1): soft ranks and soft sort
+    on [4096, 100] and [4096, 1000], fastsort's Triton kernels vs its torch
+    backend and torchsort 0.1.10's CUDA kernel (skipped when torchsort or its CUDA
+    extension is not installed).
 
 Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed before each call,
 median), after one untimed call (Triton compilation, caches); a step slower
@@ -48,6 +52,7 @@ B_BW = 65536
 B_FULL, N_FULL, K_FULL, STEEP_FULL = 64, 1024, 5, 10.0
 SINKHORN_IT = 10.0  # inverse_temperature -> epsilon = 0.1
 SINKHORN_EPS = 1.0 / SINKHORN_IT
+B_PERM, N_PERM = 4096, (100, 1000)
 
 GOALS = []  # (text, value, op, target)
 DEVICE = "cuda"
@@ -176,6 +181,49 @@ def difftopk_topk(n, k, steepness):
     return lambda x: net(x)[1].transpose(1, 2).flip(1)  # [B, n, k] ascending -> [B, k, n], rank 1 first
 
 
+def rows_step(fn, B, n, seed=0):
+    """One fwd+bwd of ``fn`` on rows ``[B, n]`` with a random cotangent; check value ``sum(y * G)``."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(B, n, device=DEVICE, generator=g).requires_grad_()
+    G = torch.randn(B, n, device=DEVICE, generator=g)
+
+    def step(check=False):
+        x.grad = None
+        y = fn(x)
+        y.backward(G)
+        return (y.detach() * G).sum() if check else None
+
+    step.inputs = (x,)
+    return step
+
+
+def fastsort_permutahedron(op, backend=None, regularization="l2"):
+    """Method ``permutahedron`` on the rows (``op``: ``rank`` or ``sort``); ``auto``: Triton on CUDA (numba in
+    a CPU smoke run without the interpreter)."""
+    from fastsort.permutahedron import Permutahedron
+
+    method = Permutahedron("permutahedron")
+    p = method.parse({"regularization": regularization})
+    be = backend or FAST
+    if be == "auto":
+        be = "triton" if DEVICE == "cuda" else "numba"
+    return lambda x: getattr(method, op)(x, p, be)
+
+
+def torchsort_op(op, regularization="l2"):
+    try:
+        import torchsort
+    except Exception:  # noqa: BLE001
+        raise SkipRow("torchsort not installed (see benchmarks/README.md)") from None
+    if DEVICE == "cuda":
+        try:
+            from torchsort import isotonic_cuda  # noqa: F401
+        except Exception:  # noqa: BLE001
+            raise SkipRow("torchsort was built without its CUDA extension") from None
+    fn = getattr(torchsort, f"soft_{op}")
+    return lambda x: fn(x, regularization)
+
+
 class SkipRow(Exception):
     pass
 
@@ -261,17 +309,18 @@ def print_section(t, section, title, vs=()):
 
 
 def _smoke_sizes():
-    global DEVICE, FAST, B_LOSS, C_LOSS, M_LOSS, B_BW, B_FULL, N_FULL
+    global DEVICE, FAST, B_LOSS, C_LOSS, M_LOSS, B_BW, B_FULL, N_FULL, B_PERM, N_PERM
     DEVICE = "cpu"
     # with TRITON_INTERPRET=1 the "triton" rows run the kernels in Triton's interpreter
     FAST = "triton" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else "auto"
     B_LOSS, C_LOSS, M_LOSS, B_BW, B_FULL, N_FULL = 32, 100, 16, 64, 4, 64
+    B_PERM, N_PERM = 8, (5, 12)  # the interpreted PAV runs up to 2n - 2 steps of ~10 ms
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--require-cuda", action="store_true", help="exit 1 when no CUDA device is visible")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip (a,b,c,d)")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip (a,b,c,d,e)")
     ap.add_argument("--smoke", action="store_true", help="CPU self-test of the script (tiny sizes; numbers meaningless)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -395,6 +444,22 @@ def main(argv=None) -> int:
         goal("Sinkhorn soft_topk triton >= 10x faster than torch backend at n=1000",
              t.ratio("d.topk.torch", "d.topk.triton"), ">=", 10.0)
         print_section(t, "d", "(d) Sinkhorn, fwd+bwd (ref for check: the torch backend)",
+                      vs=[("torch backend / this", None, "ref/row")])
+
+    # ------------------------------------------------------------------ (e) permutahedron
+    if "e" not in skip:
+        for n in N_PERM:
+            for op in ("rank", "sort"):
+                case = f"soft_{op} permutahedron l2 x=[{B_PERM}, {n}]"
+                ref = f"e.{op}{n}.torch"
+                rows = (("triton", "fastsort triton", lambda: rows_step(fastsort_permutahedron(op), B_PERM, n)),
+                        ("torch", "fastsort backend='torch'",
+                         lambda: rows_step(fastsort_permutahedron(op, "torch"), B_PERM, n)),
+                        ("torchsort", "torchsort 0.1.10" + (" (CUDA kernel)" if DEVICE == "cuda" else ""),
+                         lambda: rows_step(torchsort_op(op), B_PERM, n)))
+                for tag, impl, build in rows:
+                    t.run(f"e.{op}{n}.{tag}", "e", case, impl, build, ref=ref, mem=True)
+        print_section(t, "e", "(e) projection onto the permutahedron, fwd+bwd (ref for check: the torch backend)",
                       vs=[("torch backend / this", None, "ref/row")])
 
     print("\n### goals\n")

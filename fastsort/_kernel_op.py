@@ -31,7 +31,7 @@ backward returns one gradient per position in ``differentiable``.
 from __future__ import annotations
 
 import typing
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable

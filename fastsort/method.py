@@ -90,6 +90,11 @@ class Method:
         """Soft sorted values ``[R, n]``, ascending."""
         raise NotImplementedError(f"method {self.name!r} lists 'sort' in its ops but does not implement it")
 
+    def sort_descending(self, x: torch.Tensor, p: Dict[str, Any], backend: str) -> torch.Tensor:
+        """Soft sorted values ``[R, n]``, largest first: the ascending sort reversed unless the method
+        defines its own descending relaxation."""
+        return self.sort(x, p, backend).flip(-1)
+
     def rank(self, x: torch.Tensor, p: Dict[str, Any], backend: str) -> torch.Tensor:
         """Soft ranks ``[R, n]`` in ``[1, n]``, 1 = the smallest."""
         raise NotImplementedError(f"method {self.name!r} lists 'rank' in its ops but does not implement it")

@@ -11,6 +11,7 @@ from typing import Iterator, Mapping
 
 from .method import Method, unsupported
 from .networks import NetworkMethod
+from .permutahedron import Permutahedron
 from .sinkhorn import Sinkhorn
 from .softmax_sorts import NeuralSort, SoftSort
 
@@ -56,4 +57,5 @@ METHODS = MethodRegistry(
     NeuralSort("neuralsort"),
     SoftSort("softsort"),
     Sinkhorn("sinkhorn"),
+    Permutahedron("permutahedron"),
 )

@@ -16,7 +16,8 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-MODULES = ("fastsort.kernels.network", "fastsort.kernels.topk_loss", "fastsort.kernels.sinkhorn")
+MODULES = ("fastsort.kernels.network", "fastsort.kernels.topk_loss", "fastsort.kernels.sinkhorn",
+           "fastsort.kernels.isotonic")
 
 
 def variants():

@@ -1,4 +1,4 @@
-"""Drop-in replacements for the reference packages ``difftopk`` and ``diffsort`` (0.2.0).
+"""Drop-in replacements for the reference packages ``difftopk``, ``diffsort`` (0.2.0) and ``torchsort`` (0.1.10).
 
 Replace ::
 
@@ -9,6 +9,7 @@ by ::
 
     from fastsort.compat import difftopk
     from fastsort.compat import diffsort
+    from fastsort.compat import torchsort   # instead of: import torchsort (0.1.10)
 
 and the code runs unchanged -- same classes, arguments, output shapes,
 layouts and numbers (to float tolerance) -- on fastsort's kernels:
@@ -35,6 +36,6 @@ call, ``TopKCrossEntropyLoss``'s ``inverse_temperature`` only at construction
 (:func:`fastsort.soft_topk`, :func:`fastsort.topk_cross_entropy`, ...), whose
 layouts are documented in :mod:`fastsort.functional`.
 """
-from . import diffsort, difftopk
+from . import diffsort, difftopk, torchsort
 
-__all__ = ["diffsort", "difftopk"]
+__all__ = ["diffsort", "difftopk", "torchsort"]

@@ -22,8 +22,8 @@ from ..method import Method
 from ..relaxations import check_distribution
 from . import tables
 from .ops import Relaxation, network_apply
-from .tables import (NETWORK_KINDS, NetworkTable, bitonic_layers, get_network, network_depth, network_layers,
-                     odd_even_layers, splitter_selection_layers, sweep_init)
+from .tables import (NETWORK_KINDS, NetworkTable, bitonic_layers, get_network, network_depth,  # noqa: F401
+                     network_layers, odd_even_layers, splitter_selection_layers, sweep_init)
 
 __all__ = ["NetworkMethod", "network_apply", "network_depth", *tables.__all__]
 
@@ -42,7 +42,7 @@ class NetworkMethod(Method):
 
     defaults = {"steepness": 10.0, "distribution": "cauchy", "art_lambda": 0.25}
     ops = ("sort", "rank", "topk", "permutation", "topk_mask", "loss")
-    kernels = ("triton",)
+    kernels = ("triton", "numba")
 
     def __init__(self, name: str):
         super().__init__(name)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from .._kernel_op import KernelOp

@@ -1,0 +1,383 @@
+"""Fused top-k cross-entropy on the CPU (numba): preselection, network, loss and gradient per row.
+
+The CPU twin of :mod:`fastsort.kernels.topk_loss` (docs/design.md, "Top-k
+cross-entropy and preselection"), with the same launchers' contract.  For each
+row of ``logits [B, C]``, in one pass (rows in parallel, :func:`~fastsort.kernels.cpu_network.run_parallel`):
+
+1. **Preselection**: wire 0 is the label's logit, wires ``1 .. m - 1`` the
+   ``m - 1`` largest other logits in descending order, kept in a sorted list
+   while the row is read once (a logit below the list's last entry costs one
+   comparison).  Ties: among exactly equal logits the lower column comes first
+   (and is kept); ``torch.topk``'s order among ties is unspecified, so the
+   torch path may pick and order tied logits differently (same loss, a
+   network's gradient split differently among them).  NaN ranks above every
+   number, as in ``torch.topk``.
+2. **The network on the m wires**, carrying the row vector
+   ``a = e_0^T L_1 ... L_l`` along (the same mix as the values), so that
+   ``q_net = e_0^T X v = a . v`` needs no sweep; ``v`` holds the rank weights
+   ``c_r`` at position ``m - 1 - r``.  ``-inf`` logits (masked classes) enter
+   the network as ``-1e30`` (``alpha`` exactly 0 or 1 against them) and get no
+   gradient through it, as the torch path's ``clamp``.
+3. **The loss** for ``top1_mode`` (``sm``: ``q = p_1 softmax_0 + q_net``;
+   ``smce``: ``p_1`` times the cross-entropy plus ``p_rest`` times the network
+   term; ``sort``: the network alone; the softmax over the m wires), with
+   ``loss = -log(q (1 - 2e-7) + 1e-7)``, and when a gradient is needed **its
+   gradient w.r.t. the m wires** by the reverse pass: ``u`` (the backward sweep
+   of ``v``) and the values adjoint ``g`` walk the layers backwards; a
+   comparator's ``dL/dalpha`` is ``(g_lo - g_hi)(x_lo - x_hi) + g_q (u_lo - u_hi)(a_lo - a_hi)``
+   (up to its direction's sign), sent through the relaxation's slope to its two wires.
+
+Per row the kernel keeps the layers' inputs, ``a`` and ``alpha`` in a float64
+scratch (``3 D m`` numbers) and computes in float64, except that a comparator's
+difference is rounded to float32 before its relaxation, as in the float32 torch
+path and the Triton kernel (which also makes ``cauchy`` use the fast float32
+``atan``); the loss and the gradient are stored as float32.  An out-of-range label gives a NaN loss and
+gradient (as the Triton kernel).  The backward (:func:`topk_ce_bwd`) writes the
+dense ``dlogits`` once: zeros and the ``m`` scaled values per row.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import numba
+import numpy as np
+import torch
+
+from .cpu_network import comparators, run_parallel
+from .cpu_relaxations import alphas, check_code, relaxation_code, slopes
+
+__all__ = ["MODE_CODES", "topk_ce_fwd", "topk_ce_bwd"]
+
+#: top1_mode -> the kernel's integer code (the Triton kernel's ``MODE`` values)
+MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
+#: -inf logits are sorted as this finite value
+NEG_BIG = -1e30
+_SHRINK = 1.0 - 2e-7  # loss = -log(q * _SHRINK + 1e-7)
+
+
+def _alloc(shape, dtype: torch.dtype) -> torch.Tensor:
+    """Every output of the launchers is allocated here (tests replace it with a NaN fill)."""
+    return torch.empty(shape, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- kernels
+#: rows per block of the network part (the innermost loops run over a block's rows and vectorise)
+RB = 8
+_JIT = dict(cache=True, error_model="numpy")  # numpy's: IEEE division, no zero checks in the loops
+_INLINE = dict(_JIT, inline="always")
+
+
+@numba.njit(**_INLINE)
+def _ranks_above(a, b):
+    """Whether logit ``a`` is picked before ``b``: greater, or NaN against a number."""
+    return a > b or (a != a and b == b)
+
+
+@numba.njit(**_JIT)
+def _insert(x, col, pos, val, c):
+    """Insert logit ``val`` of column ``c`` into the descending list ``x[1 : pos + 1]`` (whose slot
+    ``pos`` is free or holds the dropped last entry), after the entries that it does not rank above."""
+    while pos > 1 and _ranks_above(val, x[pos - 1]):
+        x[pos] = x[pos - 1]
+        col[pos] = col[pos - 1]
+        pos -= 1
+    x[pos] = val
+    col[pos] = c
+
+
+@numba.njit(**_JIT)
+def _preselect(row, label, x, col):
+    """``x[0], col[0]`` = the label's logit and column; ``x[1:], col[1:]`` = the ``m - 1``
+    largest other logits of ``row [C]`` (float32; descending, lower column first among ties).
+
+    Once the list is full, a logit costs one float32 comparison with the list's last entry
+    (``not v <= last``: above it, or NaN), and only the few that pass are inserted (~K ln(C / K)
+    of ``C`` random logits)."""
+    C = row.shape[0]
+    m = x.shape[0]
+    K = m - 1
+    x[0] = row[label]
+    col[0] = label
+    if K == 0:
+        return
+    c = 0
+    filled = 0
+    while filled < K:  # the first K other columns fill the list (m <= C: there are enough)
+        if c != label:
+            filled += 1
+            _insert(x, col, filled, np.float64(row[c]), c)
+        c += 1
+    last = np.float32(x[K])
+    for i in range(c, C):
+        v = row[i]
+        if not (v <= last):
+            val = np.float64(v)
+            if i != label and _ranks_above(val, x[K]):
+                _insert(x, col, K, val, i)
+                last = np.float32(x[K])
+
+
+@numba.njit(**_JIT)
+def _loss_block(b0, logits, labels, v, comps, count, out, idx, code, steepness, art_lambda, mode, p_first, p_rest,
+                need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, lane, d, t):
+    """Rows ``b0 .. b0 + RB - 1`` of :func:`_topk_ce_run` (those below ``B``), side by side: the
+    network runs on ``[m, RB]`` blocks whose innermost loops (over the rows) vectorise.
+
+    Scratch (float64 unless said): ``X`` / ``A [D, m, RB]`` every layer's input values and ``a``,
+    ``AL [D, M, RB]`` the comparators' ``alpha``; ``xn``, ``a``, ``sm`` (the softmax), ``g``
+    ``[m, RB]``; ``cols`` int64 ``[m, RB]``; one row's ``row_x [m]`` / ``row_c`` int64 ``[m]``;
+    per row ``lane [5, RB]`` (``max``, ``sum exp``, ``dloss/dq_net``, the label's logit, bad label);
+    ``d`` float32 / ``t [RB]`` the relaxation's differences and results.
+    """
+    B, C = logits.shape
+    m, RB = xn.shape
+    D = comps.shape[0]
+    rows = min(RB, B - b0)
+    # ---- 1. per row: the preselection and the softmax over its m wires
+    for k in range(RB):
+        bad = True
+        if k < rows:
+            label = labels[b0 + k]
+            bad = label < 0 or label >= C
+            _preselect(logits[b0 + k], 0 if bad else label, row_x, row_c)
+        else:  # a padding row: finite values, results dropped
+            for j in range(m):
+                row_x[j] = 0.0
+                row_c[j] = 0
+        mx = -math.inf
+        for j in range(m):
+            if row_x[j] > mx:
+                mx = row_x[j]
+        if mx == -math.inf:
+            mx = 0.0
+        se = 0.0
+        for j in range(m):
+            sm[j, k] = math.exp(row_x[j] - mx)
+            se += sm[j, k]
+        for j in range(m):
+            sm[j, k] /= se
+            xn[j, k] = NEG_BIG if row_x[j] < NEG_BIG else row_x[j]  # (NaN stays NaN)
+            a[j, k] = 1.0 if j == 0 else 0.0
+            cols[j, k] = row_c[j]
+        lane[0, k] = mx
+        lane[1, k] = se
+        lane[3, k] = row_x[0]
+        lane[4, k] = 1.0 if bad else 0.0
+
+    # ---- 2. the network on the wires, carrying a = e_0^T L_1 ... L_l
+    for l in range(D):
+        for j in range(m):
+            for k in range(RB):
+                X[l, j, k] = xn[j, k]
+                A[l, j, k] = a[j, k]
+        for j in range(count[l]):
+            lo = comps[l, j, 0]
+            hi = comps[l, j, 1]
+            de = comps[l, j, 2] != 0
+            for k in range(RB):
+                d[k] = xn[hi, k] - xn[lo, k]  # rounded to float32, as the float32 paths
+            alphas(d, t, code, steepness, art_lambda)
+            for k in range(RB):
+                tk = t[k]
+                AL[l, j, k] = tk
+                w = 1.0 - tk if de else tk
+                om = tk if de else 1.0 - tk
+                xa = xn[lo, k]
+                xb = xn[hi, k]
+                xn[lo, k] = w * xa + om * xb
+                xn[hi, k] = w * xb + om * xa
+                aa = a[lo, k]
+                ab = a[hi, k]
+                a[lo, k] = w * aa + om * ab
+                a[hi, k] = w * ab + om * aa
+
+    # ---- 3. per row: the loss and dloss/dq_net
+    for k in range(rows):
+        b = b0 + k
+        q_net = 0.0
+        for j in range(m):
+            q_net += a[j, k] * v[j]
+        if mode == 0:  # sm
+            den = (p_first * sm[0, k] + q_net) * _SHRINK + 1e-7
+            loss = -math.log(den)
+            g_q = -_SHRINK / den
+        elif mode == 1:  # smce
+            ce = math.log(lane[1, k]) + lane[0, k] - lane[3, k]
+            den = q_net * _SHRINK + 1e-7
+            loss = p_first * ce - p_rest * math.log(den)
+            g_q = -p_rest * _SHRINK / den
+        elif mode == 2:  # sort
+            den = q_net * _SHRINK + 1e-7
+            loss = -math.log(den)
+            g_q = -_SHRINK / den
+        else:
+            raise ValueError("unknown top1_mode code (expected 0..2)")
+        lane[2, k] = g_q
+        out[b, 0] = math.nan if lane[4, k] else loss
+    if not need_grad:
+        return
+
+    # ---- 4. reverse pass: u = backward sweep of v (in a), g = values adjoint
+    u = a
+    for j in range(m):
+        for k in range(RB):
+            u[j, k] = v[j]
+            g[j, k] = 0.0
+    for l in range(D - 1, -1, -1):
+        for j in range(count[l]):
+            lo = comps[l, j, 0]
+            hi = comps[l, j, 1]
+            de = comps[l, j, 2] != 0
+            for k in range(RB):
+                d[k] = X[l, hi, k] - X[l, lo, k]
+            slopes(d, t, code, steepness, art_lambda)
+            for k in range(RB):
+                tk = AL[l, j, k]
+                w = 1.0 - tk if de else tk
+                om = tk if de else 1.0 - tk
+                gl = g[lo, k]
+                gh = g[hi, k]
+                ul = u[lo, k]
+                uh = u[hi, k]
+                gw = (gl - gh) * (X[l, lo, k] - X[l, hi, k]) + lane[2, k] * (ul - uh) * (A[l, lo, k] - A[l, hi, k])
+                dd = (-gw if de else gw) * t[k]  # w = 1 - alpha on a descending comparator
+                g[lo, k] = w * gl + om * gh - dd
+                g[hi, k] = w * gh + om * gl + dd
+                u[lo, k] = w * ul + om * uh
+                u[hi, k] = w * uh + om * ul
+
+    # ---- 5. per row: the gradient w.r.t. the m wires (plus the softmax terms') and their columns
+    for k in range(rows):
+        b = b0 + k
+        bad = lane[4, k] != 0.0
+        g_q = lane[2, k]
+        sm0 = sm[0, k]
+        for j in range(m):
+            c = cols[j, k]
+            gj = 0.0 if logits[b, c] < NEG_BIG else g[j, k]  # clamped (-inf) logits: none through the network
+            if mode == 0:
+                gj += g_q * p_first * sm0 * ((1.0 if j == 0 else 0.0) - sm[j, k])
+            elif mode == 1:
+                gj += p_first * (sm[j, k] - (1.0 if j == 0 else 0.0))
+            out[b, 1 + j] = math.nan if bad else gj
+            idx[b, j] = c
+
+
+@numba.njit(nogil=True, **_JIT)
+def _topk_ce_run(logits, labels, v, comps, count, out, idx, code, steepness, art_lambda, mode, p_first, p_rest,
+                 need_grad, first, last):
+    """The fused loss for the blocks of ``RB`` rows ``first .. last - 1`` of ``logits [B, C]`` (float32),
+    ``labels [B]`` (int64) and the position weights ``v [m]`` (float64): ``out [B, 1 + m]`` (loss,
+    then dloss/dwire; ``[B, 1]`` without ``need_grad``) and ``idx [B, m]`` (the wires' columns),
+    a block at a time (:func:`_loss_block`) with one scratch."""
+    check_code(code)
+    if mode < 0 or mode > 2:
+        raise ValueError("unknown top1_mode code (expected 0..2)")
+    m = v.shape[0]
+    D, M = comps.shape[0], comps.shape[1]
+    X = np.empty((D, m, RB))
+    A = np.empty((D, m, RB))
+    AL = np.empty((D, M, RB))
+    xn = np.empty((m, RB))
+    a = np.empty((m, RB))
+    sm = np.empty((m, RB))
+    g = np.empty((m, RB))
+    cols = np.empty((m, RB), dtype=np.int64)
+    row_x = np.empty(m)
+    row_c = np.empty(m, dtype=np.int64)
+    lane = np.empty((5, RB))
+    d = np.empty(RB, dtype=np.float32)
+    t = np.empty(RB)
+    for blk in range(first, last):
+        _loss_block(blk * RB, logits, labels, v, comps, count, out, idx, code, steepness, art_lambda, mode, p_first,
+                    p_rest, need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, lane, d, t)
+
+
+@numba.njit(nogil=True, **_JIT)
+def _scatter_run(out, col0, idx, g, per_row, scale, dx, first, last):
+    """Rows ``first .. last - 1`` of ``dx [B, C] = 0`` except ``dx[b, idx[b, j]] = scale * g_b *
+    out[b, col0 + j]`` (``g_b = g[b]`` when ``per_row``, else ``g[0]``)."""
+    C = dx.shape[1]
+    m = idx.shape[1]
+    for b in range(first, last):
+        f = scale * (g[b] if per_row else g[0])
+        for c in range(C):
+            dx[b, c] = 0.0
+        for j in range(m):
+            dx[b, idx[b, j]] = out[b, col0 + j] * f
+
+
+# --------------------------------------------------------------------------- launchers
+_WEIGHTS: Dict[tuple, np.ndarray] = {}
+
+
+def _position_weights(c, m: int) -> np.ndarray:
+    """``v [m]`` float64: ``c[r]`` at position ``m - 1 - r`` (cached), or ``c`` itself when it is
+    already the ``[1, m]`` / ``[m]`` weight tensor."""
+    if isinstance(c, torch.Tensor):
+        v = c.detach().reshape(-1).to(torch.float64).numpy()
+        if v.shape[0] != m:
+            raise ValueError(f"position weights of {v.shape[0]} wires for m = {m}")
+        return v
+    key = (tuple(float(r) for r in c), m)
+    hit = _WEIGHTS.get(key)
+    if hit is None:
+        if len(key[0]) > m:
+            raise ValueError(f"{len(key[0])} rank weights for m = {m} wires")
+        hit = np.zeros(m)
+        hit[m - len(key[0]):] = key[0][::-1]
+        _WEIGHTS[key] = hit
+    return hit
+
+
+def topk_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, table, relax_params, m: int, mode: str,
+                p_first: float, p_rest: float, need_grad: bool):
+    """``(out, idx)`` for ``logits [B, C]`` (float32 CPU; other dtypes are cast): ``out [B, 1 + m]``
+    float32 holds the loss (column 0) and its gradient w.r.t. the ``m`` wires, whose columns are
+    ``idx [B, m]`` (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.
+
+    ``c``: the rank weights ``c_r`` of the network part of the loss (``fastsort.losses.rank_weights``),
+    as the Triton launcher takes them, or the position-weight tensor ``v [1, m]`` they make;
+    ``table``: the network of ``m`` wires; ``mode``: ``sm``, ``smce`` or ``sort``; ``p_first`` =
+    ``P_K(1)``, ``p_rest`` = ``P_K(k > 1)``.
+    """
+    distribution, steepness, art_lambda = relax_params
+    code = relaxation_code(distribution)
+    if mode not in MODE_CODES:
+        raise ValueError(f"top1_mode must be one of {tuple(MODE_CODES)}, got {mode!r}")
+    B, C = logits.shape
+    if not 1 <= m <= C or table.n != m:
+        raise ValueError(f"m = {m} wires need 1 <= m <= n_classes = {C} and a table of m wires (got {table.n})")
+    logits = logits.detach().to(torch.float32).contiguous()
+    labels = labels.detach().to(torch.int64).contiguous()
+    v = _position_weights(c, m)
+    comps, count = comparators(table)
+    out = _alloc((B, 1 + m if need_grad else 1), torch.float32)
+    idx = _alloc((B, m if need_grad else 0), torch.int64)
+    args = (logits.numpy(), labels.numpy(), v, comps, count, out.numpy(), idx.numpy(), code, float(steepness),
+            float(art_lambda), MODE_CODES[mode], float(p_first), float(p_rest), bool(need_grad))
+    run_parallel(lambda first, last: _topk_ce_run(*args, first, last), -(-B // RB),
+                 B * (C // 4 + 3 * int(count.sum())))  # (a logit read ~ 1/4 comparator)
+    return out, idx
+
+
+def topk_ce_bwd(out: torch.Tensor, idx: torch.Tensor, grad_out: torch.Tensor, C: int, dtype, scale: float = 1.0,
+                col0: int = 0) -> torch.Tensor:
+    """Dense ``dlogits [B, C]`` in ``dtype``: ``scale * grad_out * out[:, col0:col0 + m]`` at the columns
+    ``idx [B, m]``, 0 elsewhere (``grad_out``: a scalar or ``[B]`` tensor, any float dtype; ``out``:
+    the forward's float32 ``[B, 1 + m]`` with ``col0 = 1``, or any float32 ``[B, >= col0 + m]``).
+    float32 and float64 are written directly, other dtypes through a float32 copy.
+    """
+    B, m = idx.shape
+    direct = dtype in (torch.float32, torch.float64)
+    dx = _alloc((B, C), dtype if direct else torch.float32)
+    if B and C:
+        out = out.detach()
+        if out.dtype != torch.float32 or not out.is_contiguous():
+            out = out.to(torch.float32).contiguous()
+        g = grad_out.detach().reshape(-1).to(torch.float64)
+        args = (out.numpy(), int(col0), idx.contiguous().numpy(), g.numpy(), grad_out.dim() > 0, float(scale),
+                dx.numpy())
+        run_parallel(lambda first, last: _scatter_run(*args, first, last), B, B * C // 16)  # (a zero ~ 1/16)
+    return dx if direct else dx.to(dtype)

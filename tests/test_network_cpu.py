@@ -1,0 +1,355 @@
+"""The compiled CPU kernels (numba): relaxations, networks, fused top-k cross-entropy.
+
+Every kernel result is checked against an independent computation: the torch
+backend (``fastsort.networks.reference``) and the torch loss path run in
+float64, dense ``scatter`` references, finite differences (``gradcheck``).
+Every output the launchers allocate starts as NaN (the ``_alloc`` hook), so an
+element a kernel leaves unwritten fails the comparison.
+"""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+import fastsort  # noqa: E402
+from fastsort.kernels import cpu_network as cn  # noqa: E402
+from fastsort.kernels import cpu_relaxations as cr  # noqa: E402
+from fastsort.kernels import cpu_topk_loss as cl  # noqa: E402
+from fastsort.losses import rank_weights  # noqa: E402
+from fastsort.networks import get_network, reference, sweep_init  # noqa: E402
+from fastsort.relaxations import DISTRIBUTIONS, RELAXATIONS, relax_alpha, relax_slope  # noqa: E402
+
+KINDS = ("odd_even", "bitonic", "splitter_selection")
+SIZES = (1, 2, 3, 7, 33, 100)
+STEEPNESS = 1.5
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True)
+def nan_outputs(monkeypatch):
+    """Launcher outputs start as NaN (int64 ones as -1): unwritten elements show up."""
+
+    def alloc(shape, dtype):
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype)
+
+    monkeypatch.setattr(cn, "_alloc", alloc)
+    monkeypatch.setattr(cl, "_alloc", alloc)
+
+
+def close(actual, expected, rel, equal_nan=False):
+    """``actual == expected`` up to ``rel`` times the largest finite magnitude of ``expected``."""
+    expected = expected.to(actual.dtype)
+    finite = expected[torch.isfinite(expected)]
+    scale = max(float(finite.abs().max()), 1.0) if finite.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale, equal_nan=equal_nan)
+
+
+def test_imports():
+    """Importing fastsort imports no numba; the CPU kernel modules need no triton."""
+    code = ("import sys; sys.modules['triton'] = None; import fastsort; assert 'numba' not in sys.modules; "
+            "import fastsort.kernels.cpu_network, fastsort.kernels.cpu_topk_loss; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+# --------------------------------------------------------------------------- relaxations
+GRID = [0.0, -0.0, 5e-324, 1e-30, -1e-30, 1e-3, -1e-3, 0.02, -0.02, 1 / 6, -1 / 6, 0.25, 1.0, -1.0, 3.0, -7.5,
+        1e3, -1e3, 1e30, -1e30, INF, -INF, float("nan")]
+
+
+def test_codes_match_the_relaxation_table():
+    assert tuple(cr.CODES) == DISTRIBUTIONS
+    assert {name: r.code for name, r in RELAXATIONS.items()} == cr.CODES
+    assert [cr.relaxation_code(name) for name in DISTRIBUTIONS] == list(range(6))
+    with pytest.raises(ValueError, match="distribution"):
+        cr.relaxation_code("sigmoid")
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+@pytest.mark.parametrize("lam", [0.25, 0.5])
+def test_relaxation_formulas(dist, lam):
+    """Scalar and block functions vs the torch formulas in float64 on a grid with 0, tiny, huge,
+    negative, infinite and NaN differences."""
+    code = cr.CODES[dist]
+    d = torch.tensor(GRID, dtype=torch.float64)
+    ref_a = relax_alpha(d, dist, STEEPNESS, lam)
+    ref_s = relax_slope(d, dist, STEEPNESS, lam)
+    a = torch.tensor([cr.alpha(v, code, STEEPNESS, lam) for v in GRID], dtype=torch.float64)
+    s = torch.tensor([cr.slope(v, code, STEEPNESS, lam) for v in GRID], dtype=torch.float64)
+    torch.testing.assert_close(a, ref_a, rtol=1e-12, atol=1e-15, equal_nan=True)
+    torch.testing.assert_close(s, ref_s, rtol=1e-12, atol=1e-15, equal_nan=True)
+    assert torch.isnan(a[-1])  # NaN in, NaN alpha out
+    # the block versions give the scalar ones, in float64 and float32
+    for dt in (np.float64, np.float32):
+        dv = np.array(GRID, dtype=dt)
+        out_a, out_s = np.empty(len(GRID)), np.empty(len(GRID))
+        cr.alphas(dv, out_a, code, STEEPNESS, lam)
+        cr.slopes(dv, out_s, code, STEEPNESS, lam)
+        np.testing.assert_array_equal(out_a, [cr.alpha(v, code, STEEPNESS, lam) for v in dv])
+        np.testing.assert_array_equal(out_s, [cr.slope(v, code, STEEPNESS, lam) for v in dv])
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+def test_relaxation_float32_precision(dist):
+    """A float32 difference (what the float32 kernels pass; cauchy's polynomial atan): alpha and
+    1 - alpha to float32 relative precision, also in the tails."""
+    code = cr.CODES[dist]
+    d = np.float32(np.concatenate([np.linspace(-4, 4, 401), [1e-6, -1e-6, 30.0, -30.0, 300.0, -300.0]]))
+    ref = relax_alpha(torch.tensor(d, dtype=torch.float64), dist, STEEPNESS, 0.25).numpy()
+    a = np.array([cr.alpha(v, code, STEEPNESS, 0.25) for v in d])
+    for got, want in ((a, ref), (1 - a, 1 - ref)):
+        small = want < 0.5
+        np.testing.assert_allclose(got[small], want[small], rtol=1e-6, atol=1e-300)
+
+
+def test_unknown_relaxation_code_raises():
+    d32 = np.zeros(3, np.float32)
+    out = np.empty(3)
+    for code in (-1, 6):
+        for call in (lambda: cr.alpha(0.5, code, 1.0, 0.25), lambda: cr.slope(0.5, code, 1.0, 0.25),
+                     lambda: cr.alphas(d32, out, code, 1.0, 0.25), lambda: cr.slopes(d32, out, code, 1.0, 0.25),
+                     lambda: cr.check_code(code)):
+            with pytest.raises(ValueError, match="relaxation code"):
+                call()
+    # the kernels check the code before their loops
+    table = get_network("bitonic", 4)
+    comps, count = cn.comparators(table)
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="relaxation code"):
+        cn._forward_run(x, comps, count, np.zeros((0, 4), np.float32), np.empty_like(x),
+                        np.empty((2, 0, 4), np.float32), 6, 1.0, 0.25, 1, 0, 1)
+    with pytest.raises(ValueError, match="distribution"):
+        cn.network_fwd(torch.zeros(2, 4), table, None, ("sigmoid", 1.0, 0.25), False)
+
+
+# --------------------------------------------------------------------------- networks
+def _table(kind, n):
+    return get_network(kind, n, "cpu", min(3, n) if kind == "splitter_selection" else None)
+
+
+def _inits(n):
+    """No sweep, the ranks (C = 1), the top-k rows (C = k), the identity (C = n)."""
+    return [None, sweep_init("ranks", n, n, torch.float32, "cpu"), sweep_init("topk", n, min(3, n), torch.float32, "cpu"),
+            torch.eye(n)]
+
+
+def _compare(x, table, init, relax, rel32=2e-4, each=True):
+    """The kernels in float32 and float64 against the float64 torch backend: values, sweep and the
+    input gradient for dL/dy, dL/dS0 and both (a shared random cotangent; both only, unless ``each``)."""
+    x64 = x.double()
+    init64 = None if init is None else init.double()
+    yr, Sr, saved_r = reference.network_fwd(x64, table, init64, relax, True)
+    gy = torch.randn_like(yr)
+    gS = None if init is None else torch.randn_like(Sr)
+    cotangents = [(gy, None)] if init is None else [(None, gS), (gy, None), (gy, gS)][0 if each else 2:]
+    grads_r = [reference.network_bwd(saved_r, table, relax, a, b) for a, b in cotangents]
+    for dt, rel in ((torch.float32, rel32), (torch.float64, 1e-9)):
+        xk = x.to(dt)
+        y, S0, saved = cn.network_fwd(xk, table, None if init is None else init.to(dt), relax, True)
+        assert y.dtype == dt and y.shape == yr.shape
+        close(y, yr, rel, equal_nan=True)
+        if init is None:
+            assert S0 is None and saved[2] is None
+        else:
+            close(S0, Sr, rel, equal_nan=True)
+            assert saved[2].shape == (x.shape[0], table.depth, init.shape[0], x.shape[1])  # the Triton layout
+        assert saved[0].shape == saved[1].shape == (x.shape[0], table.depth, x.shape[1])
+        # no gradient: the same values, empty saved tensors
+        y2, S2, saved2 = cn.network_fwd(xk, table, None if init is None else init.to(dt), relax, False)
+        torch.testing.assert_close(y2, y, rtol=0, atol=0, equal_nan=True)
+        assert saved2[0].numel() == saved2[1].numel() == 0
+        for (a, b), gr in zip(cotangents, grads_r):
+            gx = cn.network_bwd(saved, table, relax, None if a is None else a.to(dt), None if b is None else b.to(dt))
+            assert gx.dtype == dt
+            close(gx, gr, rel, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dist", DISTRIBUTIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_network_matches_reference(kind, dist, n):
+    table = _table(kind, n)
+    x = torch.randn(11, n) * 2  # two blocks of rows, the second one partial
+    # logistic_phi's slope is unbounded at d = 0 (|d| ** -art_lambda): its float32 gradient through
+    # 100 layers is ill-conditioned (the float32 torch backend is off by as much)
+    rel32 = 1e-2 if dist == "logistic_phi" else 2e-4
+    relax = (dist, STEEPNESS, 0.5 if dist == "logistic_phi" else 0.25)
+    for init in _inits(n)[:3]:
+        _compare(x, table, init, relax, rel32)
+    # the full P (C = n): fewer rows, one cotangent (the float64 reference costs O(R n^2 D) per op)
+    _compare(x[8:] if n > 33 else x, table, _inits(n)[3], relax, rel32, each=False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_network_nan_rows(kind):
+    """A NaN input row gives a NaN output row (values, sweep, gradient); the other rows are exact."""
+    n = 9
+    table = _table(kind, n)
+    x = torch.randn(13, n)
+    x[4] = float("nan")
+    x[10, 3] = float("nan")  # one NaN: it spreads as in the torch backend
+    init = sweep_init("topk", n, 3, torch.float32, "cpu")
+    _compare(x, table, init, ("cauchy", STEEPNESS, 0.25))
+    y, S0, saved = cn.network_fwd(x, table, init, ("cauchy", STEEPNESS, 0.25), True)
+    gx = cn.network_bwd(saved, table, ("cauchy", STEEPNESS, 0.25), torch.ones_like(y), torch.ones_like(S0))
+    assert torch.isnan(y[4]).all() and torch.isnan(S0[4]).all() and torch.isnan(gx[4]).all()
+    others = [r for r in range(13) if r not in (4, 10)]
+    assert torch.isfinite(y[others]).all() and torch.isfinite(S0[others]).all() and torch.isfinite(gx[others]).all()
+
+
+def test_network_rows_and_chunks():
+    """Many blocks over the threads, a sweep in several column chunks, and an empty batch."""
+    n = 50
+    table = _table("bitonic", n)
+    x = torch.randn(67, n)
+    init = torch.randn(12, n)
+    old = cn._SWEEP_BYTES
+    try:
+        cn._SWEEP_BYTES = 5 * n * cn.block_rows(67) * 4 * table.depth  # 5 columns per chunk in the backward
+        _compare(x, table, init, ("optimal", 3.0, 0.25))
+    finally:
+        cn._SWEEP_BYTES = old
+    y, S0, saved = cn.network_fwd(torch.zeros(0, n), table, init, ("cauchy", 1.0, 0.25), True)
+    assert y.shape == (0, n) and S0.shape == (0, 12, n)
+    assert cn.network_bwd(saved, table, ("cauchy", 1.0, 0.25), torch.zeros(0, n), torch.zeros(0, 12, n)).shape == (0, n)
+
+
+class _Network(torch.autograd.Function):
+    """The launchers as an autograd function, for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, x, table, init, relax):
+        y, S0, saved = cn.network_fwd(x, table, init, relax, True)
+        ctx.saved, ctx.table, ctx.relax = saved, table, relax
+        return y, S0
+
+    @staticmethod
+    def backward(ctx, gy, gS0):
+        return cn.network_bwd(ctx.saved, ctx.table, ctx.relax, gy, gS0), None, None, None
+
+
+@pytest.mark.parametrize("kind,dist", [("bitonic", "cauchy"), ("odd_even", "logistic"), ("bitonic", "gaussian"),
+                                       ("splitter_selection", "reciprocal"), ("odd_even", "optimal"),
+                                       ("bitonic", "logistic_phi")])
+def test_network_gradcheck_float64(kind, dist):
+    n = 6
+    table = _table(kind, n)
+    init = torch.randn(3, n, dtype=torch.float64)
+    x = (torch.randn(3, n, dtype=torch.float64) * 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: _Network.apply(v, table, init, (dist, 1.3, 0.25)), (x,))
+
+
+# --------------------------------------------------------------------------- fused top-k loss
+def _torch_loss(x, y, p, kind, m, mode, dist, steep):
+    """The torch path in float64 (on the same values): per-row loss and dloss/dlogits."""
+    x64 = x.double().requires_grad_(True)
+    loss = fastsort.topk_cross_entropy(x64, y, p, kind, m=m, inverse_temperature=steep, distribution=dist,
+                                       top1_mode=mode, reduction="none", backend="torch")
+    loss.sum().backward()
+    return loss.detach(), x64.grad
+
+
+def _kernel_loss(x, y, p, kind, m, mode, dist, steep, need_grad=True):
+    c = rank_weights(p, mode)
+    table = get_network(kind, m, "cpu", len(c) if kind == "splitter_selection" else None)
+    return cl.topk_ce_fwd(x, y, tuple(c), table, (dist, steep, 0.25), m, mode, p[0], sum(p[1:]), need_grad)
+
+
+def _logits(B=12, C=40):
+    x = torch.randn(B, C) * 3
+    y = torch.randint(0, C, (B,))
+    x[0, :30] = -INF  # masked classes: fewer finite logits than wires
+    x[1, y[1]] = -INF  # the label masked
+    x[2] = -INF  # everything masked but the label
+    x[2, y[2]] = 0.5
+    return x, y
+
+
+@pytest.mark.parametrize("p,m", [([0.5, 0, 0, 0, 0.5], 16), ([0.2, 0.3, 0.5], 7), ([1.0], 4)])
+@pytest.mark.parametrize("dist", ["cauchy", "logistic", "optimal", "gaussian"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["sm", "smce", "sort"])
+def test_fused_loss_matches_torch_path(mode, kind, dist, p, m):
+    x, y = _logits()
+    loss_r, grad_r = _torch_loss(x, y, p, kind, m, mode, dist, 2.0)
+    out, idx = _kernel_loss(x, y, p, kind, m, mode, dist, 2.0)
+    assert out.shape == (12, 1 + m) and idx.shape == (12, m) and out.dtype == torch.float32
+    torch.testing.assert_close(out[:, 0], loss_r.float(), rtol=2e-5, atol=2e-5)  # (inf: the masked label in smce)
+    assert (idx[:, 0] == y).all()
+    dx = cl.topk_ce_bwd(out, idx, torch.tensor(1.0), x.shape[1], torch.float32, 1.0, col0=1)
+    close(dx, grad_r, 2e-5)
+    out0, idx0 = _kernel_loss(x, y, p, kind, m, mode, dist, 2.0, need_grad=False)
+    assert out0.shape == (12, 1) and idx0.shape == (12, 0)
+    torch.testing.assert_close(out0[:, 0], out[:, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("C", [1000, 1003])
+def test_fused_loss_wide_rows(C):
+    """Wide rows (most logits below the list): the columns are torch.topk's, the loss and
+    gradient the torch path's."""
+    x = torch.randn(64, C)
+    y = torch.randint(0, C, (64,))
+    p = [0.5, 0, 0, 0, 0.5]
+    out, idx = _kernel_loss(x, y, p, "bitonic", 16, "sm", "cauchy", 2.0)
+    others = x.scatter(1, y[:, None], -INF).topk(15, dim=1).indices
+    assert (idx[:, 1:] == others).all()
+    loss_r, grad_r = _torch_loss(x, y, p, "bitonic", 16, "sm", "cauchy", 2.0)
+    torch.testing.assert_close(out[:, 0], loss_r.float(), rtol=2e-5, atol=2e-5)
+    close(cl.topk_ce_bwd(out, idx, torch.tensor(1.0), C, torch.float32, 1.0, col0=1), grad_r, 2e-5)
+
+
+def test_fused_loss_ties_nan_and_bad_labels():
+    """Exactly tied logits: the lower column first (a stable descending order), the torch path's loss;
+    NaN ranks first; an out-of-range label gives a NaN loss and gradient."""
+    C, m = 30, 8
+    x = torch.randint(0, 4, (6, C)).float()
+    y = torch.randint(0, C, (6,))
+    out, idx = _kernel_loss(x, y, [0.5, 0.5], "odd_even", m, "sm", "cauchy", 2.0)
+    for b in range(6):
+        cols = np.array([c for c in range(C) if c != y[b]])
+        order = cols[np.argsort(-x[b, cols].numpy(), kind="stable")][:m - 1]
+        assert idx[b, 1:].tolist() == order.tolist()
+    loss_r, _ = _torch_loss(x, y, [0.5, 0.5], "odd_even", m, "sm", "cauchy", 2.0)
+    torch.testing.assert_close(out[:, 0], loss_r.float(), rtol=2e-5, atol=2e-5)
+
+    x = torch.randn(3, C)
+    y = torch.tensor([0, C, -1])
+    x[0, 7] = float("nan")
+    out, idx = _kernel_loss(x, y, [0.5, 0.5], "bitonic", m, "smce", "cauchy", 2.0)
+    assert idx[0, 1] == 7 and torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_fused_loss_backward_scatter(dtype):
+    """``scale * grad_out * out[:, col0:col0 + m]`` at the columns ``idx``, 0 elsewhere."""
+    B, C, m = 9, 25, 5
+    out = torch.randn(B, 2 + m)
+    idx = torch.stack([torch.randperm(C)[:m] for _ in range(B)])
+    for g in (torch.tensor(0.7, dtype=dtype), torch.randn(B, dtype=dtype)):
+        for col0 in (0, 1, 2):
+            dx = cl.topk_ce_bwd(out, idx, g, C, dtype, 0.25, col0=col0)
+            gb = (g.double() if g.dim() == 0 else g.double()[:, None]) * 0.25
+            want = torch.zeros(B, C, dtype=torch.float64).scatter(1, idx, out[:, col0:col0 + m].double() * gb)
+            assert dx.dtype == dtype
+            torch.testing.assert_close(dx, want.to(dtype), rtol=1e-6, atol=1e-6)
+    assert cl.topk_ce_bwd(out[:0], idx[:0], g[:0], C, dtype, 1.0).shape == (0, C)
+
+
+def test_fused_loss_checks():
+    x, y = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    table = get_network("bitonic", 5)
+    with pytest.raises(ValueError, match="top1_mode"):
+        cl.topk_ce_fwd(x, y, (1.0,), table, ("cauchy", 1.0, 0.25), 5, "ce", 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="wires"):
+        cl.topk_ce_fwd(x, y, (1.0,), table, ("cauchy", 1.0, 0.25), 6, "sm", 0.5, 0.5, True)
+    # the position weights may also come as the [1, m] tensor
+    v = sweep_init("weights", 5, 2, torch.float32, "cpu", (0.5, 0.5))
+    a = cl.topk_ce_fwd(x, y, v, table, ("cauchy", 1.0, 0.25), 5, "sm", 0.0, 1.0, True)[0]
+    b = cl.topk_ce_fwd(x, y, (0.5, 0.5), table, ("cauchy", 1.0, 0.25), 5, "sm", 0.0, 1.0, True)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert math.isfinite(float(a[:, 0].sum()))
