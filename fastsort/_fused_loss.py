@@ -48,7 +48,9 @@ def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, 
     table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
     out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table, (distribution, steepness, art_lambda),
                                              m, mode, p_first, p_rest, need_grad)
-    return _reduce(out[:, 0], reduction).to(logits.dtype), out, idx
+    # copy=True: with reduction "none" the loss would otherwise be a view of ``out`` (outputs of a
+    # custom op may not alias each other)
+    return _reduce(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none"), out, idx
 
 
 def _forward_fake(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,

@@ -3,8 +3,8 @@
 The math is the torch backend's (:mod:`fastsort.networks.reference`; docs/design.md,
 "Networks as tables" and "The reverse sweep"), the launchers' contract that of the
 Triton launchers (:mod:`fastsort.kernels.network`).  On the CPU the torch backend
-is bound by per-op overhead (a handful of whole-tensor ops per layer and direction);
-here one compiled loop runs the whole network, parallel over rows (``numba.prange``).
+is bound by per-op overhead (a handful of whole-tensor ops per layer and
+direction); here compiled loops run the whole network, parallel over rows.
 
 Per row, for each comparator ``(lo, hi)`` of layer ``l`` (``d = x_hi - x_lo``,
 ``alpha = g(d)``; ``w = alpha`` ascending, ``1 - alpha`` descending, shared by
@@ -17,39 +17,44 @@ both wires)::
              dd = +-gw g'(d) (- on a descending comparator);
              g_lo -= dd,  g_hi += dd                                       l = D..1
 
-The kernels walk comparators, not wires (:func:`comparators`): ``alpha`` is
-evaluated once per comparator, both wires are updated in place, and a
+Layout.  The kernels walk comparators, not wires (:func:`comparators`): ``alpha``
+is evaluated once per comparator, both wires are updated in place, and a
 pass-through wire costs nothing.  ``gw`` above is the sum of the two wires'
-``dL/dw``, so the backward keeps one number per comparator and layer.  Both
-``w`` and ``1 - w`` come from ``alpha`` (float64), as in the torch backend.
+``dL/dw``, so the backward keeps one number per comparator and layer.  Rows run
+``RB`` at a time side by side (:func:`block_rows`): a block is ``[n, RB]`` (wire
+``i`` of its rows contiguous), so every comparator's loop runs over the block's
+rows and vectorises, the relaxation included (:func:`~.cpu_relaxations.alphas`).
+Each comparator's ``alpha`` is stored as one number of the values' dtype that
+keeps both ``alpha`` and ``1 - alpha`` to its relative precision (:func:`_weights`).
 
-**The backward recomputes the forward of its row** instead of reading saved
-layers.  A row's layer inputs, ``alpha`` and sweep blocks (``D n``, ``D n / 2``
-and ``D C n`` numbers) live in a per-thread scratch that stays in the caches,
-while saved tensors of the whole batch would be written once and read once
-from memory: ``W`` and ``XIN`` for soft ranks of ``[256, 1000]`` rows (bitonic,
-``D = 55``) are 2 x 56 MB, and a fresh allocation of that size is first-touch
-page faults (~50 ms per 56 MB on the benchmark machine), more than the
-recomputed forward costs.  ``saved = (W, XIN, SHIST)`` keeps the Triton
-kernels' shapes (``[R, D, n]``, ``[R, D, n]``, ``[R, D, C, n]``) so that one fake
-implementation serves both backends under ``torch.compile``, but only
-``XIN[:, 0] = x`` (the first layer's input) and ``SHIST[0, D - 1] = S^D`` (the
-block entering the last layer's reverse mix, shared by the rows) are written and
-read; the rest of ``W``, ``XIN`` and ``SHIST`` is never touched (an untouched
-allocation costs no memory).  The recomputation runs the same code on the same input, so it
-reproduces the forward bit for bit.
+The backward recomputes the forward of its rows instead of reading saved
+layers.  What it needs of a block (per comparator and layer: ``alpha``, the
+difference ``x_hi - x_lo``, and ``S_lo - S_hi`` per sweep column) lives in a
+per-thread scratch that stays in the caches, while saved tensors of the whole batch would
+be written once and read once from memory: ``W`` and ``XIN`` for soft ranks of
+``[256, 1000]`` rows (bitonic, ``D = 55``) are 2 x 56 MB, and a fresh allocation
+of that size is first-touch page faults (~50 ms per 56 MB on the benchmark
+machine), more than the recomputed forward costs.  ``saved = (W, XIN, SHIST)``
+keeps the Triton kernels' shapes (``[R, D, n]``, ``[R, D, n]``, ``[R, D, C, n]``)
+so that one fake implementation serves both backends under ``torch.compile``,
+but only ``XIN[:, 0] = x`` (the first layer's input) and ``SHIST[0, D - 1] = S^D``
+(the block entering the last layer's reverse mix, shared by the rows) are
+written and read; the rest of them is never touched (an untouched allocation
+costs no memory).  The recomputation runs the same code on the same input, so
+it reproduces the forward bit for bit.  Sweeps with many columns (the full
+permutation matrix) run in chunks of columns (:data:`_SWEEP_BYTES`).
 
 Precision: the values and the sweep blocks are in the input's dtype (float32,
 or float64), rounded after every layer as in the torch backend; the relaxations
-(:mod:`fastsort.kernels.cpu_relaxations`) and the backward's adjoints are
-evaluated in float64.  Both dtypes compile once each, on first use, and are
-cached on disk (``cache=True``).  numba keys its cache by each kernel's own
-source file: after editing ``cpu_relaxations.py``, delete
-``kernels/__pycache__/cpu_*.nbi`` / ``.nbc`` so that the kernels recompile.
+(:mod:`fastsort.kernels.cpu_relaxations`) and the adjoints' arithmetic are
+float64.  Both dtypes compile once each, on first use, cached on disk
+(``cache=True``).  numba keys its cache by each function's own source file:
+after editing ``cpu_relaxations.py``, delete ``kernels/__pycache__/cpu_*.nbi`` /
+``.nbc`` so that the kernels recompile.
 
-Threads: numba's own pool (``numba.get_num_threads()``, all cores by default),
-independent of ``torch.get_num_threads()``.  Importing this module imports numba
-(not triton).
+Threads: :func:`run_parallel` splits the row blocks over ``numba.get_num_threads()``
+threads (all cores by default), independent of ``torch.get_num_threads()``.
+Importing this module imports numba (not triton).
 """
 from __future__ import annotations
 
@@ -106,15 +111,19 @@ def comparators(table) -> Tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- kernels
 #: rows per block, by batch size: the kernels run a block's RB rows side by side, the innermost
 #: loops (over those rows) vectorise (a block is [n, RB]: wire i of its rows is contiguous).  16
-#: rows run ~1.8x faster per row than 8 (bitonic, n = 1000), 32 no faster (the scratch outgrows
-#: the caches), and fewer than 8 are slower in total; a small batch keeps 8 (more blocks, for
-#: more threads).  A runtime value: the loops take it from the scratch's shape
+#: rows ran ~1.8x faster per row than 8 (bitonic, n = 1000, one thread), 32 no faster (the
+#: scratch outgrows the caches), 4 ~3x slower; a small batch keeps 8 (more blocks, for more
+#: threads).  RB is a runtime value, which the loops read from the scratch's shape: with a
+#: constant trip count LLVM unrolls the loops instead of vectorising them (numba does not run
+#: LLVM's SLP vectoriser)
 RB_SMALL, RB_LARGE = 8, 16
 
 
 def block_rows(R: int) -> int:
     """``RB`` for a batch of ``R`` rows."""
     return RB_LARGE if R >= 4 * RB_LARGE else RB_SMALL
+
+
 #: bytes of a thread's sweep scratch (per column chunk: the forward's blocks, the backward's
 #: history); larger C (the full permutation matrix) is swept in chunks of columns
 _SWEEP_BYTES = 8 << 20
@@ -140,18 +149,15 @@ def _weights(A, de, wv, omv):
 
 
 @numba.njit(**_JIT)
-def _values(Y, comps, count, code, steepness, art_lambda, AL, X, d, t):
+def _values(Y, comps, count, code, steepness, art_lambda, AL, DX, d, t):
     """The network on a block ``Y [n, RB]`` (in place).  Stores each comparator's ``alpha`` (encoded,
-    see :func:`_weights`) in ``AL [D, M, RB]`` and, unless ``X`` is empty, each layer's input in
-    ``X [D, n, RB]``.  Scratch: ``d [RB]`` (values dtype), ``t [RB]`` (float64)."""
-    keep = X.shape[0] > 0  # (a flag from a shape: one compiled version for both uses)
+    see :func:`_weights`) in ``AL [D, M, RB]`` and, unless ``DX`` is empty, its difference
+    ``d = x_hi - x_lo`` in ``DX [D, M, RB]`` (all that the backward needs of the layers' values).
+    Scratch: ``d [RB]`` (values dtype), ``t [RB]`` (float64)."""
+    keep = DX.shape[0] > 0  # (a flag from a shape: one compiled version for both uses)
     D = comps.shape[0]
-    n, K = Y.shape  # K = RB, from a shape: a constant trip count would be unrolled, not vectorised
+    K = Y.shape[1]  # = RB, from a shape: a constant trip count would be unrolled, not vectorised
     for l in range(D):
-        if keep:
-            for i in range(n):
-                for k in range(K):
-                    X[l, i, k] = Y[i, k]
         for j in range(count[l]):
             lo = comps[l, j, 0]
             hi = comps[l, j, 1]
@@ -168,21 +174,20 @@ def _values(Y, comps, count, code, steepness, art_lambda, AL, X, d, t):
                 Y[lo, k] = w * a + om * b
                 Y[hi, k] = w * b + om * a
                 AL[l, j, k] = tk if tk <= 0.5 else -(1.0 - tk)
+            if keep:
+                for k in range(K):
+                    DX[l, j, k] = d[k]
 
 
 @numba.njit(**_JIT)
-def _sweep(S, comps, count, AL, H, wv, omv):
+def _sweep(S, comps, count, AL, HD, wv, omv):
     """Reverse sweep of a block ``S [cb, n, RB]`` (in place; layers D..1) with the stored ``alpha``;
-    unless ``H`` is empty, ``H [D, >= cb, n, RB]`` receives the block entering each layer's reverse mix."""
-    keep = H.shape[0] > 0
+    unless ``HD`` is empty, ``HD [D, >= cb, M, RB]`` receives each comparator's ``S_lo - S_hi`` as
+    the layer's reverse mix sees them (what the sweep's adjoint needs)."""
+    keep = HD.shape[0] > 0
     D = comps.shape[0]
     cb, n, K = S.shape
     for l in range(D - 1, -1, -1):
-        if keep:
-            for c in range(cb):
-                for i in range(n):
-                    for k in range(K):
-                        H[l, c, i, k] = S[c, i, k]
         for j in range(count[l]):
             lo = comps[l, j, 0]
             hi = comps[l, j, 1]
@@ -191,14 +196,17 @@ def _sweep(S, comps, count, AL, H, wv, omv):
                 for k in range(K):
                     a = S[c, lo, k]
                     b = S[c, hi, k]
+                    if keep:
+                        HD[l, c, j, k] = a - b
                     S[c, lo, k] = wv[k] * a + omv[k] * b
                     S[c, hi, k] = wv[k] * b + omv[k] * a
 
 
 @numba.njit(**_JIT)
-def _sweep_adjoint(gS, H, comps, count, AL, gA, wv, omv):
+def _sweep_adjoint(gS, HD, comps, count, AL, gA, wv, omv, acc):
     """Adjoint of :func:`_sweep` for ``gS = dL/dS^0 [cb, n, RB]`` (in place; layers 1..D): adds each
-    comparator's ``gw = <g_lo - g_hi, S_lo - S_hi>`` (over the chunk's columns) into ``gA [D, M, RB]``."""
+    comparator's ``gw = <g_lo - g_hi, S_lo - S_hi>`` (over the chunk's columns, in float64 in
+    ``acc [RB]``) into ``gA [D, M, RB]``."""
     D = comps.shape[0]
     cb, K = gS.shape[0], gS.shape[2]
     for l in range(D):
@@ -206,19 +214,23 @@ def _sweep_adjoint(gS, H, comps, count, AL, gA, wv, omv):
             lo = comps[l, j, 0]
             hi = comps[l, j, 1]
             _weights(AL[l, j], comps[l, j, 2] != 0, wv, omv)
+            for k in range(K):
+                acc[k] = gA[l, j, k]
             for c in range(cb):
                 for k in range(K):
                     a = np.float64(gS[c, lo, k])
                     b = np.float64(gS[c, hi, k])
-                    gA[l, j, k] += (a - b) * (np.float64(H[l, c, lo, k]) - H[l, c, hi, k])
+                    acc[k] += (a - b) * HD[l, c, j, k]
                     gS[c, lo, k] = wv[k] * a + omv[k] * b
                     gS[c, hi, k] = wv[k] * b + omv[k] * a
+            for k in range(K):
+                gA[l, j, k] = acc[k]
 
 
 @numba.njit(**_JIT)
-def _values_adjoint(gY, X, comps, count, code, steepness, art_lambda, AL, gA, has_gs, d, t, wv, omv):
-    """Adjoint of :func:`_values` for ``gY = dL/dY [n, RB]`` (float64, in place; layers D..1), with
-    the sweep adjoint's ``gA`` when ``has_gs``."""
+def _values_adjoint(gY, DX, comps, count, code, steepness, art_lambda, AL, gA, has_gs, t, wv, omv):
+    """Adjoint of :func:`_values` for ``gY = dL/dY [n, RB]`` (float64, in place; layers D..1) from the
+    kept differences ``DX``, with the sweep adjoint's ``gA`` when ``has_gs``."""
     D = comps.shape[0]
     K = gY.shape[1]
     for l in range(D - 1, -1, -1):
@@ -226,8 +238,7 @@ def _values_adjoint(gY, X, comps, count, code, steepness, art_lambda, AL, gA, ha
             lo = comps[l, j, 0]
             hi = comps[l, j, 1]
             de = comps[l, j, 2] != 0
-            for k in range(K):
-                d[k] = X[l, hi, k] - X[l, lo, k]
+            d = DX[l, j]
             slopes(d, t, code, steepness, art_lambda)
             _weights(AL[l, j], de, wv, omv)
             for k in range(K):
@@ -282,8 +293,8 @@ def _forward_run(x, comps, count, init, y, S0, code, steepness, art_lambda, CB, 
     Y = np.empty((n, RB), dtype=x.dtype)
     AL = np.empty((D, M, RB), dtype=x.dtype)
     S = np.empty((min(CB, C), n, RB), dtype=x.dtype)
-    X = np.empty((0, n, RB), dtype=x.dtype)  # the layers are not kept
-    H = np.empty((0, 0, n, RB), dtype=x.dtype)
+    DX = np.empty((0, M, RB), dtype=x.dtype)  # nothing is kept for a backward
+    HD = np.empty((0, 0, M, RB), dtype=x.dtype)
     d = np.empty(RB, dtype=x.dtype)
     tv = np.empty(RB)
     wv = np.empty(RB)
@@ -291,12 +302,12 @@ def _forward_run(x, comps, count, init, y, S0, code, steepness, art_lambda, CB, 
     for blk in range(first, last):
         r0 = blk * RB
         _load_rows(x, r0, Y)
-        _values(Y, comps, count, code, steepness, art_lambda, AL, X, d, tv)
+        _values(Y, comps, count, code, steepness, art_lambda, AL, DX, d, tv)
         _store_rows(Y, r0, y)
         for c0 in range(0, C, CB):
             Sc = S[:min(CB, C - c0)]
             _load_block(init, c0, Sc)
-            _sweep(Sc, comps, count, AL, H, wv, omv)
+            _sweep(Sc, comps, count, AL, HD, wv, omv)
             for k in range(min(RB, R - r0)):
                 for c in range(Sc.shape[0]):
                     for i in range(n):
@@ -310,11 +321,12 @@ def _backward_run(x, init, gy, gS0, comps, count, gx, code, steepness, art_lambd
     ``gy = dL/dy [R, n]`` (``has_gy``) and ``gS0 = dL/dS0 [R, C, n]`` (``has_gs``; ``C = 0`` otherwise),
     for the blocks of ``RB`` rows ``first .. last - 1``.
 
-    Per block: recompute the values keeping the layers (:func:`_values`); per chunk of ``CB``
-    columns recompute the sweep keeping its history (:func:`_sweep`) and run its adjoint
-    (:func:`_sweep_adjoint`); then the values' adjoint (:func:`_values_adjoint`).  Scratch: the
-    block, its layers ``X [D, n, RB]``, ``alpha``, a chunk of sweep columns with its history
-    ``H [D, CB, n, RB]``, the adjoints ``gS [CB, n, RB]``, ``gA [D, M, RB]`` and ``gY [n, RB]``."""
+    Per block: recompute the values keeping the comparators' differences (:func:`_values`); per
+    chunk of ``CB`` columns recompute the sweep keeping its differences (:func:`_sweep`) and run
+    its adjoint (:func:`_sweep_adjoint`); then the values' adjoint (:func:`_values_adjoint`).
+    Scratch: the block, ``alpha`` and the differences ``DX [D, M, RB]``, a chunk of sweep columns
+    with its differences ``HD [D, CB, M, RB]``, the adjoints ``gS [CB, n, RB]``, ``gA [D, M, RB]``
+    and ``gY [n, RB]``."""
     check_code(code)
     R, n = x.shape
     D, M = comps.shape[0], comps.shape[1]
@@ -322,12 +334,13 @@ def _backward_run(x, init, gy, gS0, comps, count, gx, code, steepness, art_lambd
     cb = min(CB, C)
     Y = np.empty((n, RB), dtype=x.dtype)
     AL = np.empty((D, M, RB), dtype=x.dtype)
-    X = np.empty((D, n, RB), dtype=x.dtype)
+    DX = np.empty((D, M, RB), dtype=x.dtype)
     S = np.empty((cb, n, RB), dtype=x.dtype)
-    H = np.empty((D if C else 0, cb, n, RB), dtype=x.dtype)
+    HD = np.empty((D if C else 0, cb, M, RB), dtype=x.dtype)
     gS = np.empty((cb, n, RB), dtype=x.dtype)
-    gA = np.zeros((D if C else 0, M, RB))
+    gA = np.zeros((D if C else 0, M, RB), dtype=x.dtype)
     gY = np.empty((n, RB))
+    acc = np.empty(RB)
     d = np.empty(RB, dtype=x.dtype)
     tv = np.empty(RB)
     wv = np.empty(RB)
@@ -336,7 +349,7 @@ def _backward_run(x, init, gy, gS0, comps, count, gx, code, steepness, art_lambd
         r0 = blk * RB
         rows = min(RB, R - r0)
         _load_rows(x, r0, Y)
-        _values(Y, comps, count, code, steepness, art_lambda, AL, X, d, tv)
+        _values(Y, comps, count, code, steepness, art_lambda, AL, DX, d, tv)
         if has_gs:
             for l in range(D):
                 for j in range(M):
@@ -346,16 +359,16 @@ def _backward_run(x, init, gy, gS0, comps, count, gx, code, steepness, art_lambd
                 Sc = S[:min(CB, C - c0)]
                 gSc = gS[:Sc.shape[0]]
                 _load_block(init, c0, Sc)
-                _sweep(Sc, comps, count, AL, H, wv, omv)
+                _sweep(Sc, comps, count, AL, HD, wv, omv)
                 for c in range(gSc.shape[0]):
                     for i in range(n):
                         for k in range(RB):
                             gSc[c, i, k] = gS0[r0 + k, c0 + c, i] if k < rows else 0.0
-                _sweep_adjoint(gSc, H, comps, count, AL, gA, wv, omv)
+                _sweep_adjoint(gSc, HD, comps, count, AL, gA, wv, omv, acc)
         for i in range(n):
             for k in range(RB):
                 gY[i, k] = gy[r0 + k, i] if has_gy and k < rows else 0.0
-        _values_adjoint(gY, X, comps, count, code, steepness, art_lambda, AL, gA, has_gs, d, tv, wv, omv)
+        _values_adjoint(gY, DX, comps, count, code, steepness, art_lambda, AL, gA, has_gs, tv, wv, omv)
         for k in range(rows):
             for i in range(n):
                 gx[r0 + k, i] = gY[i, k]
@@ -373,8 +386,12 @@ _POOL = None  # (pid, executor, workers): the pool threads, made on first use (a
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
+    """The pool of at least ``workers`` threads (a new one in a forked child: threads do not survive
+    a fork; a larger one when ``numba.set_num_threads`` raised the count)."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[2] < workers:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[1].shutdown(wait=False)  # its idle threads exit; queued work still runs
         _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="fastsort-cpu"), workers)
     return _POOL[1]
 
@@ -386,10 +403,12 @@ def run_parallel(fn: Callable[[int, int], None], items: int, work: int) -> None:
 
     Every thread claims runs from one counter until none is left, and the call returns when all
     runs are done: a pool thread that the OS has not scheduled yet (a busy machine) delays nothing,
-    its runs are taken by the others.  This is why the kernels split their rows here rather than
-    with ``numba.prange``, whose launch waits for every thread of numba's pool (measured: a small
-    launch took 8-16 ms instead of 60 us while other processes kept both cores busy) and whose
-    parallel compilation passes cost seconds per kernel on a cold cache.
+    the others take its runs (one preempted in the middle of a run still does).  This is why the
+    kernels split their rows here rather than with ``numba.prange``, whose launch waits for every
+    thread of numba's pool (measured on the 2-core benchmark machine with other processes busy: a
+    small launch took 8-16 ms with numba's OpenMP layer at its default wait policy, 60 us on one
+    thread), and whose parallel compilation passes cost several seconds per kernel on a cold cache
+    (the cold compile of the network kernels went from ~100 s to ~40 s on that loaded machine).
     """
     threads = numba.get_num_threads()
     if work < SERIAL_WORK or threads == 1 or items <= 1:
@@ -418,7 +437,10 @@ def run_parallel(fn: Callable[[int, int], None], items: int, work: int) -> None:
 
     pool = _executor(threads - 1)
     for _ in range(min(threads, runs) - 1):
-        pool.submit(participate)
+        try:
+            pool.submit(participate)
+        except RuntimeError:  # shut down meanwhile by another thread's _executor: run without it
+            break
     participate()
     with finished:
         while done[0] < runs:
@@ -522,7 +544,7 @@ def network_bwd(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Opt
     args = (x.numpy(), init, gy.numpy() if gy is not None else empty2,
             gS0.numpy() if gS0 is not None else np.empty((0, 0, n), dtype=empty2.dtype),
             comps, count, gx.numpy(), code, float(steepness), float(art_lambda), gy is not None, gS0 is not None,
-            _columns(init.shape[0], D * n * RB * x.element_size()), RB)
+            _columns(init.shape[0], D * comps.shape[1] * RB * x.element_size()), RB)
     run_parallel(lambda first, last: _backward_run(*args, first, last), -(-R // RB),
                  3 * R * int(count.sum()) * (1 + init.shape[0]))
     return gx

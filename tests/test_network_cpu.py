@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
 import fastsort  # noqa: E402
 from fastsort.kernels import cpu_network as cn  # noqa: E402
@@ -122,7 +122,13 @@ def test_unknown_relaxation_code_raises():
     x = np.zeros((2, 4), np.float32)
     with pytest.raises(ValueError, match="relaxation code"):
         cn._forward_run(x, comps, count, np.zeros((0, 4), np.float32), np.empty_like(x),
-                        np.empty((2, 0, 4), np.float32), 6, 1.0, 0.25, 1, 0, 1)
+                        np.empty((2, 0, 4), np.float32), 6, 1.0, 0.25, 1, 8, 0, 1)
+    loss_args = (x, np.zeros(2, np.int64), np.zeros(4), comps, count, np.empty((2, 5), np.float32),
+                 np.empty((2, 4), np.int64))
+    with pytest.raises(ValueError, match="relaxation code"):
+        cl._topk_ce_run(*loss_args, 6, 1.0, 0.25, 0, 0.5, 0.5, True, 0, 1)
+    with pytest.raises(ValueError, match="top1_mode code"):
+        cl._topk_ce_run(*loss_args, 4, 1.0, 0.25, 3, 0.5, 0.5, True, 0, 1)
     with pytest.raises(ValueError, match="distribution"):
         cn.network_fwd(torch.zeros(2, 4), table, None, ("sigmoid", 1.0, 0.25), False)
 
@@ -134,8 +140,8 @@ def _table(kind, n):
 
 def _inits(n):
     """No sweep, the ranks (C = 1), the top-k rows (C = k), the identity (C = n)."""
-    return [None, sweep_init("ranks", n, n, torch.float32, "cpu"), sweep_init("topk", n, min(3, n), torch.float32, "cpu"),
-            torch.eye(n)]
+    return [None, sweep_init("ranks", n, n, torch.float32, "cpu"),
+            sweep_init("topk", n, min(3, n), torch.float32, "cpu"), torch.eye(n)]
 
 
 def _compare(x, table, init, relax, rel32=2e-4, each=True):
@@ -202,21 +208,33 @@ def test_network_nan_rows(kind):
     assert torch.isfinite(y[others]).all() and torch.isfinite(S0[others]).all() and torch.isfinite(gx[others]).all()
 
 
-def test_network_rows_and_chunks():
-    """Many blocks over the threads, a sweep in several column chunks, and an empty batch."""
+def test_network_rows_and_chunks(monkeypatch):
+    """Many blocks over the threads, sweeps in several column chunks, and an empty batch."""
     n = 50
     table = _table("bitonic", n)
     x = torch.randn(67, n)
     init = torch.randn(12, n)
-    old = cn._SWEEP_BYTES
-    try:
-        cn._SWEEP_BYTES = 5 * n * cn.block_rows(67) * 4 * table.depth  # 5 columns per chunk in the backward
-        _compare(x, table, init, ("optimal", 3.0, 0.25))
-    finally:
-        cn._SWEEP_BYTES = old
+    monkeypatch.setattr(cn, "_SWEEP_BYTES", 5 * n * cn.block_rows(67) * 4)  # 5 columns a chunk forward, 1 backward
+    _compare(x, table, init, ("optimal", 3.0, 0.25))
     y, S0, saved = cn.network_fwd(torch.zeros(0, n), table, init, ("cauchy", 1.0, 0.25), True)
     assert y.shape == (0, n) and S0.shape == (0, 12, n)
     assert cn.network_bwd(saved, table, ("cauchy", 1.0, 0.25), torch.zeros(0, n), torch.zeros(0, 12, n)).shape == (0, n)
+
+
+def test_run_parallel_covers_every_item_once():
+    """The thread runner: every item in exactly one run, a run's exception re-raised by the caller."""
+    if numba.get_num_threads() < 2:
+        pytest.skip("one numba thread")
+    seen = []
+    cn.run_parallel(lambda a, b: seen.extend(range(a, b)), 37, cn.SERIAL_WORK)
+    assert sorted(seen) == list(range(37))
+
+    def fail(a, b):
+        if a == 0:
+            raise RuntimeError("run 0")
+
+    with pytest.raises(RuntimeError, match="run 0"):
+        cn.run_parallel(fail, 10, cn.SERIAL_WORK)
 
 
 class _Network(torch.autograd.Function):
@@ -290,10 +308,10 @@ def test_fused_loss_matches_torch_path(mode, kind, dist, p, m):
 
 @pytest.mark.parametrize("C", [1000, 1003])
 def test_fused_loss_wide_rows(C):
-    """Wide rows (most logits below the list): the columns are torch.topk's, the loss and
-    gradient the torch path's."""
-    x = torch.randn(64, C)
-    y = torch.randint(0, C, (64,))
+    """Wide rows (most logits below the list; rows over the threads): the columns are torch.topk's,
+    the loss and gradient the torch path's."""
+    x = torch.randn(300, C)
+    y = torch.randint(0, C, (300,))
     p = [0.5, 0, 0, 0, 0.5]
     out, idx = _kernel_loss(x, y, p, "bitonic", 16, "sm", "cauchy", 2.0)
     others = x.scatter(1, y[:, None], -INF).topk(15, dim=1).indices
