@@ -10,9 +10,30 @@ Conventions (docs/design.md, "Conventions and layouts"): sorting is ascending
 along ``dim``; the relaxed permutation matrix has row ``j`` = output position
 ``j`` (ascending) and columns = inputs, so ``soft_sort(x) == soft_permutation(x) @ x``;
 ``soft_topk`` returns the rows of the ``k`` largest positions, the largest first.
+
+Special values (docs/design.md, "Conventions and layouts"), the same for every method:
+
+* a NaN in a row makes that row's outputs NaN;
+* ``+inf`` sorts as the largest value and ``-inf`` as the smallest, as in
+  ``torch.sort``: ``soft_sort`` returns exactly ``-inf`` at the ``a`` lowest and
+  ``+inf`` at the ``b`` highest positions of a row with ``a`` / ``b`` of them, and
+  the infinite entries get the extreme ranks.  Methods that handle infinities
+  themselves (NeuralSort, SoftSort: exactly, as the limit of an ever larger
+  value; Sinkhorn: its squash sends them to the ends of the targets) see them as
+  they are; the others (the networks, the permutahedron) compute with finite
+  stand-ins beyond the row's finite range (:func:`finite_stand_ins`), far enough
+  that every comparator against one is exactly 0 or 1, so with a network an
+  infinity has weight exactly 0 on every finite position.  Infinite entries get
+  zero gradient.
+
+The ops compute in float32 (float64 kept) with ``torch.autocast`` switched off
+inside them, whatever autocast region they are called in; results come back in
+the input's dtype.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any, Dict, Tuple
 
 import torch
@@ -23,6 +44,56 @@ from .method import Method
 from .registry import METHODS
 
 __all__ = ["soft_sort", "soft_topk", "soft_rank", "soft_permutation", "soft_topk_mask"]
+
+#: how far beyond a row's finite range :func:`finite_stand_ins` puts an infinity, at least: a
+#: comparator then sees a difference so large that its weight is exactly 0 or 1 at any steepness
+#: above ~1e-22 (``NEG_BIG`` of the networks' top-k loss)
+STAND_IN_GAP = 1e30
+
+
+def autocast_off(x):
+    """A context switching ``torch.autocast`` off for the device of tensor ``x`` when it is on there (else
+    a no-op, also for a non-tensor, which validation then rejects): the ops compute in float32 whatever
+    autocast region they are called from."""
+    device_type = x.device.type if isinstance(x, torch.Tensor) else None
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _host_check(x: torch.Tensor) -> bool:
+    """Whether a data-dependent shortcut is free here: a CPU tensor outside ``torch.compile`` (on a GPU it
+    would cost a device sync per call, and under compile a graph break)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def finite_stand_ins(x: torch.Tensor) -> torch.Tensor:
+    """``x [R, n]`` with ``+inf`` / ``-inf`` replaced by ``+-(M + gap)``: ``M`` the row's largest finite
+    magnitude, ``gap = max(STAND_IN_GAP, 4 M)`` (at most ``finfo.max / 16``, so sums of two stand-ins stay
+    finite).  For the methods that do not handle infinities themselves (``Method.native_infinities``)."""
+    inf = torch.isinf(x)
+    if _host_check(x) and not bool(inf.any()):
+        return x  # the common case, decided on the host where that costs no device sync
+    big = torch.finfo(x.dtype).max / 16
+    xd = x.detach()  # the stand-ins are constants: an infinity gets no gradient, nor does the finite maximum
+    m = torch.where(inf, torch.zeros_like(xd), xd).abs().amax(-1, keepdim=True)
+    bound = m + (4 * m).clamp(min=STAND_IN_GAP, max=big)
+    return torch.where(inf, torch.sign(xd) * bound, x)
+
+
+def restore_infinities(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Ascending soft sorted values ``y [R, n]`` of ``x [R, n]`` with exactly ``-inf`` at the ``a`` lowest and
+    ``+inf`` at the ``b`` highest positions of each row holding ``a`` / ``b`` of them (rows with a NaN are
+    left as they are: NaN)."""
+    if _host_check(x) and not bool(torch.isinf(x).any()):
+        return y
+    n = x.shape[-1]
+    j = torch.arange(n, device=x.device)
+    clean = ~torch.isnan(x).any(-1, keepdim=True)
+    n_neg = (x == -math.inf).sum(-1, keepdim=True)
+    n_pos = (x == math.inf).sum(-1, keepdim=True)
+    y = torch.where(clean & (j < n_neg), torch.full_like(y, -math.inf), y)
+    return torch.where(clean & (j >= n - n_pos), torch.full_like(y, math.inf), y)
 
 
 def _flatten(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
@@ -44,7 +115,13 @@ def _start(x, method: str, op: str, dim, backend: str, params) -> Tuple[Method, 
     m = METHODS.lookup(method, op)
     p = m.parse(params)
     x2, lead = _flatten(x, dim)
-    return m, p, x2, lead, choose_backend(x2, backend, m.kernels, m.kernel_row_length(x2.shape[-1]))
+    be = choose_backend(x2, backend, m.kernels, m.kernel_row_length(x2.shape[-1]))
+    return m, p, x2, lead, be
+
+
+def _rows_for(m: Method, x2: torch.Tensor) -> torch.Tensor:
+    """The rows as method ``m`` sees them: with finite stand-ins for infinities unless it handles them itself."""
+    return x2 if getattr(m, "native_infinities", False) else finite_stand_ins(x2)
 
 
 def _restore(y: torch.Tensor, lead: Tuple[int, ...], dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -67,18 +144,25 @@ def soft_sort(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, descen
             ``"triton"`` or ``"numba"``.
         **params: the method's parameters (``fastsort.METHODS[method].defaults``): networks
             ``steepness=10.0``, ``distribution="cauchy"``, ``art_lambda=0.25``; NeuralSort ``tau=1.0``;
-            SoftSort ``tau=1.0, pow=1.0``; Sinkhorn ``epsilon, max_iter, threshold, squash``.
+            SoftSort ``tau=1.0, pow=1.0``; Sinkhorn ``epsilon=1e-2, max_iter=None, threshold=1e-3,
+            squash=True, strict=False`` (a row that does not converge warns with
+            :class:`fastsort.sinkhorn.SinkhornConvergenceWarning`, or raises with ``strict=True``).
 
     Returns:
-        Same shape and dtype as ``x``.
+        Same shape and dtype as ``x``: within ``[min x, max x]`` for every method but Sinkhorn, whose
+        rows of ``P`` sum to 1 only up to its ``threshold``; ``-inf`` / ``+inf`` entries of ``x`` come
+        out exactly at the lowest / highest positions.
 
     Example:
         >>> fastsort.soft_sort(torch.tensor([[1., 8., -1., 9., 5.]]), steepness=100.0)
         tensor([[-0.9955,  1.0029,  4.9963,  7.9998,  9.0001]])
     """
-    m, p, x2, lead, be = _start(x, method, "sort", dim, backend, params)
-    y = m.sort(x2, p, be)
-    return _restore(y.flip(-1) if descending else y, lead, dim, x)
+    with autocast_off(x):
+        m, p, x2, lead, be = _start(x, method, "sort", dim, backend, params)
+        rows = _rows_for(m, x2)
+        if descending:  # the method's own descending sort (largest first), restored in ascending order
+            return _restore(restore_infinities(m.sort_descending(rows, p, be).flip(-1), x2).flip(-1), lead, dim, x)
+        return _restore(restore_infinities(m.sort(rows, p, be), x2), lead, dim, x)
 
 
 def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -104,25 +188,33 @@ def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1
         >>> P.argmax(-1)
         tensor([[3, 1]])
     """
-    m, p, x2, lead, be = _start(x, method, "topk", dim, backend, params)
-    n = x2.shape[-1]
-    k = check_k(k, n)
-    return m.topk(x2, k, p, be).reshape(lead + (k, n)).to(x.dtype)
+    with autocast_off(x):
+        m, p, x2, lead, be = _start(x, method, "topk", dim, backend, params)
+        n = x2.shape[-1]
+        k = check_k(k, n)
+        return m.topk(_rows_for(m, x2), k, p, be).reshape(lead + (k, n)).to(x.dtype)
 
 
 def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
               **params) -> torch.Tensor:
-    """Soft ranks in ``[1, n]`` along ``dim``, 1 = the smallest (torchsort's convention).
+    """Soft ranks along ``dim``, 1 = the smallest (torchsort's convention).
 
     Args and returns as :func:`soft_sort` (same shape and dtype as ``x``).  Network methods run one
     vector through the reverse sweep: ``O(n D)``.
+
+    Range: within ``[1, n]`` for the network methods (their ``P`` is doubly stochastic), Sinkhorn (each
+    input's plan row sums to ``1/n``) and the permutahedron (a point of it); NeuralSort's and SoftSort's rows are softmaxes (each sums to 1) but
+    their columns do not sum to 1, so their ranks can leave ``[1, n]`` (NeuralSort on 200 standard normal
+    values at ``tau=1`` gives ranks from below 1 to above 220).  ``+-inf`` get the extreme ranks; tied values
+    equal ranks with the permutation-equivariant methods (all but the networks, which mix ties pairwise).
 
     Example:
         >>> fastsort.soft_rank(torch.tensor([[1., 8., -1., 9., 5.]]), steepness=100.0).round()
         tensor([[2., 4., 1., 5., 3.]])
     """
-    m, p, x2, lead, be = _start(x, method, "rank", dim, backend, params)
-    return _restore(m.rank(x2, p, be), lead, dim, x)
+    with autocast_off(x):
+        m, p, x2, lead, be = _start(x, method, "rank", dim, backend, params)
+        return _restore(m.rank(_rows_for(m, x2), p, be), lead, dim, x)
 
 
 def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -140,9 +232,10 @@ def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1,
         tensor([[[0., 1.],
                  [1., 0.]]])
     """
-    m, p, x2, lead, be = _start(x, method, "permutation", dim, backend, params)
-    n = x2.shape[-1]
-    return m.permutation(x2, p, be).reshape(lead + (n, n)).to(x.dtype)
+    with autocast_off(x):
+        m, p, x2, lead, be = _start(x, method, "permutation", dim, backend, params)
+        n = x2.shape[-1]
+        return m.permutation(_rows_for(m, x2), p, be).reshape(lead + (n, n)).to(x.dtype)
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: int = -1, backend: str = "auto",
@@ -153,6 +246,10 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
     run the indicator of the top ``k`` positions through the sweep; NeuralSort/SoftSort sum their
     top ``k`` rows.
 
+    Range: within ``[0, 1]``, summing to ``k`` per row, for the network methods, the permutahedron and
+    Sinkhorn (up to its ``threshold``); NeuralSort's and SoftSort's sum to ``k`` but an entry can exceed 1 (their ``P`` is only
+    row-stochastic: a column, the mass an input gets over the ``k`` rows, is not bounded by 1).
+
     Returns:
         Same shape and dtype as ``x``.
 
@@ -160,6 +257,7 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
         >>> fastsort.soft_topk_mask(torch.tensor([1., 8., -1., 9., 5.]), 2, method="bitonic", steepness=100.0).round()
         tensor([0., 1., 0., 1., 0.])
     """
-    m, p, x2, lead, be = _start(x, method, "topk_mask", dim, backend, params)
-    k = check_k(k, x2.shape[-1])
-    return _restore(m.topk_mask(x2, k, p, be), lead, dim, x)
+    with autocast_off(x):
+        m, p, x2, lead, be = _start(x, method, "topk_mask", dim, backend, params)
+        k = check_k(k, x2.shape[-1])
+        return _restore(m.topk_mask(_rows_for(m, x2), k, p, be), lead, dim, x)

@@ -15,9 +15,25 @@ the network methods run a single weight vector through the reverse sweep
 terms of ``top1_mode`` then also run over those ``m`` logits (difftopk's
 semantics).  On CUDA the whole loss runs in one fused Triton kernel
 (docs/design.md, "Top-k cross-entropy and preselection").
+
+As a drop-in for ``torch.nn.CrossEntropyLoss``: labels of any integer dtype;
+``ignore_index`` (default -100) rows contribute 0 loss and 0 gradient, and the
+mean runs over the other rows (NaN when every row is ignored, as torch);
+``inverse_temperature`` may be a 0-d tensor.  ``label_smoothing`` other than 0
+is rejected: the loss is ``-log P(label among the top k)``, not a
+cross-entropy against a target distribution, and smoothing it over every
+class would mean ``C`` terms ``-log P(c among the top k)`` whose sum has no
+minimum at the smoothed target (at most ``k`` classes can be in the top k), and
+with ``m`` set every class outside the top ``m`` would add a constant without
+gradient.  Special values: ``-inf`` logits mark masked classes and work with
+every method (zero gradient to them; a masked *label* costs ``-log(1e-7)``, or
+``inf`` in ``smce``'s cross-entropy term, as torch); a NaN or a ``+inf`` logit
+makes its row's loss and gradient NaN (``+inf``: as torch's cross-entropy).
+The loss computes in float32 (float64 kept) with ``torch.autocast`` off.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import List, Optional, Sequence
 
@@ -25,7 +41,8 @@ import torch
 
 from ._dispatch import choose_backend
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
-from ._validate import REDUCTIONS, as_int, as_positive, check_logits_labels, check_p_k, check_reduction
+from ._validate import REDUCTIONS, as_int, as_positive, as_real, check_logits_labels, check_p_k, check_reduction
+from .functional import autocast_off
 from .networks import NetworkMethod
 from .registry import METHODS
 
@@ -41,6 +58,45 @@ def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def check_ignore_index(ignore_index) -> Optional[int]:
+    """``ignore_index`` as an int, or None (no label is ignored)."""
+    return None if ignore_index is None else as_int(ignore_index, "ignore_index")
+
+
+def check_label_smoothing(label_smoothing) -> float:
+    """Only 0 (module docstring: smoothing has no meaning for ``-log P(label among the top k)``)."""
+    value = as_real(label_smoothing, "label_smoothing")
+    if value != 0.0:
+        raise ValueError(
+            f"label_smoothing={value} is not supported by the top-k loss: it is -log P(label among the top k), "
+            "not a cross-entropy against a target distribution, so there is nothing to smooth (at most k classes "
+            "can be in the top k, and with m set every class outside the top m would only add a constant); "
+            "regularise with a separate term, e.g. 0.1 * torch.nn.functional.cross_entropy(logits, labels, "
+            "label_smoothing=0.1), or pass label_smoothing=0.0")
+    return value
+
+
+def check_inverse_temperature(value) -> float:
+    """A finite number > 0, given as a number or a 0-d real tensor (read once, not differentiated)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"inverse_temperature must be a number or a 0-d real tensor, got a tensor of shape "
+                            f"{tuple(value.shape)} and dtype {value.dtype}")
+        if value.requires_grad:
+            raise ValueError("inverse_temperature is not differentiable here: pass a number or a detached tensor "
+                             "(inverse_temperature.detach())")
+        value = value.item()
+    return as_positive(value, "inverse_temperature")
+
+
+def check_loss_p_k(p_k) -> list:
+    """``p_k`` as a list of probabilities; a string is a ``TypeError`` (it would be read character by character)."""
+    if isinstance(p_k, (str, bytes)):
+        raise TypeError(f"p_k must be a sequence of probabilities of k = 1..K, e.g. [0.5, 0.0, 0.5], got "
+                        f"{type(p_k).__name__} {p_k!r}")
+    return check_p_k(p_k)
 
 
 def check_top1_mode(top1_mode) -> str:
@@ -93,7 +149,20 @@ def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tenso
 def _method_params(method: str, inverse_temperature, distribution, art_lambda):
     """The loss's method object and its parameters."""
     m = METHODS.lookup(method, "loss")
-    return m, m.loss_params(as_positive(inverse_temperature, "inverse_temperature"), distribution, art_lambda)
+    return m, m.loss_params(check_inverse_temperature(inverse_temperature), distribution, art_lambda)
+
+
+def _is_index_tensor(labels) -> bool:
+    return isinstance(labels, torch.Tensor) and not (labels.dtype.is_floating_point or labels.dtype.is_complex
+                                                      or labels.dtype == torch.bool)
+
+
+def _masked_mean(loss: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-row losses with the ignored rows at exactly 0, reduced; the mean over the other rows."""
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        return loss.sum() / valid.sum().to(loss.dtype)  # 0 / 0 = NaN when every row is ignored, as torch
+    return reduce_loss(loss, reduction)
 
 
 def topk_cross_entropy(
@@ -109,24 +178,32 @@ def topk_cross_entropy(
     top1_mode: str = "sm",
     reduction: str = "mean",
     backend: str = "auto",
+    ignore_index: Optional[int] = -100,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Differentiable top-k cross-entropy loss.
 
     Args:
-        logits: ``[B, C]`` floating (fp16/bf16 computed in float32); ``-inf`` marks masked classes.
-        labels: ``[B]`` integer class indices in ``[0, C)``.
-        p_k: probabilities of ``k = 1..K`` (sums to 1), e.g. ``[0.5, 0, 0, 0, 0.5]``.
+        logits: ``[B, C]`` floating (fp16/bf16 computed in float32, also under ``torch.autocast``);
+            ``-inf`` marks masked classes (every method; zero gradient to them); a NaN or ``+inf`` logit
+            makes that row's loss NaN.
+        labels: ``[B]`` class indices in ``[0, C)`` of any integer dtype, or ``ignore_index``.
+        p_k: probabilities of ``k = 1..K`` (sums to 1), e.g. ``[0.5, 0, 0, 0, 0.5]`` (a sequence, not a string).
         method: ``bitonic`` (default), ``odd_even``, ``splitter_selection``, ``neuralsort``, ``softsort``, ``sinkhorn``.
         m: optional top-m preselection, ``K < m < C``.  Exactly tied logits (common in bf16) may be
             picked and ordered differently by the two backends (``torch.topk``'s order; the fused
             kernel's highest column first): the loss is the same, but a sorting network's gradient
             is then split differently among the tied logits.
         inverse_temperature: steepness of the networks (``tau = 1 / it`` for NeuralSort/SoftSort,
-            ``epsilon = 1 / it`` for Sinkhorn).
+            ``epsilon = 1 / it`` for Sinkhorn); a number or a 0-d tensor (read once, not differentiated).
         distribution, art_lambda: the networks' relaxation.
         top1_mode: ``sm`` (softmax for k = 1), ``smce`` (extra cross-entropy term) or ``sort``.
-        reduction: ``mean``, ``sum`` or ``none``.
-        backend: ``auto``, ``torch`` or ``triton``.
+        reduction: ``mean`` (over the rows not ignored), ``sum`` or ``none`` (ignored rows 0).
+        backend: ``auto``, ``torch``, ``triton`` or ``numba``.
+        ignore_index: rows whose label equals it contribute 0 loss and 0 gradient (as
+            ``torch.nn.CrossEntropyLoss``; every row ignored gives a NaN mean); ``None``: none is.
+        label_smoothing: only 0.0 (accepted for drop-in code); anything else raises a ``ValueError``
+            (the loss is ``-log P(label among the top k)``: there is no target distribution to smooth).
 
     Returns:
         A scalar (``mean``/``sum``) or ``[B]`` (``none``) in the logits' dtype.
@@ -136,9 +213,27 @@ def topk_cross_entropy(
         >>> loss = fastsort.topk_cross_entropy(logits, torch.tensor([1]), [0.5, 0.5], inverse_temperature=2.0)
         >>> loss.backward()
     """
+    with autocast_off(logits):
+        return _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, distribution, art_lambda,
+                                   top1_mode, reduction, backend, ignore_index, label_smoothing)
+
+
+def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, distribution, art_lambda, top1_mode,
+                        reduction, backend, ignore_index, label_smoothing):
+    ignore_index = check_ignore_index(ignore_index)
+    check_label_smoothing(label_smoothing)
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] == 0:
+        raise ValueError(f"logits has 0 classes (shape {tuple(logits.shape)}): the top-k loss needs at least one "
+                         "class per row")
+    valid = None
+    if ignore_index is not None and _is_index_tensor(labels):
+        labels = labels.long()
+        valid = labels != ignore_index
+        labels = labels.masked_fill(~valid, 0)  # any valid class: the row's loss is masked out below
     check_logits_labels(logits, labels)
+    labels = labels.long()
     METHODS.lookup(method, "loss")
-    p = check_p_k(p_k)
+    p = check_loss_p_k(p_k)
     check_top1_mode(top1_mode)
     check_reduction(reduction)
     meth, params = _method_params(method, inverse_temperature, distribution, art_lambda)
@@ -154,7 +249,15 @@ def topk_cross_entropy(
     c = rank_weights(p, top1_mode)
     if be in ("triton", "numba") and isinstance(meth, NetworkMethod) and m is not None and m <= MAX_FUSED_M:
         # the fused kernel reads the logits in their own dtype (no cast pass)
-        return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), reduction, be)
+        if valid is None:  # the op owns the reduction
+            return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]),
+                                            reduction, be)
+        # ignored rows: the kernel sees label 0 there, and their loss (hence their gradient) is masked out
+        loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), "none", be)
+        return _masked_mean(loss, valid, reduction)
+    # a +inf logit makes its row NaN (loss and gradient), as torch's cross-entropy, whatever the method
+    # (the fused kernel's preselection gives NaN for it by itself)
+    nan_rows = torch.where((logits == math.inf).any(1), math.nan, 1.0)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
@@ -167,13 +270,17 @@ def topk_cross_entropy(
     if top1_mode == "smce":
         ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
         loss = p[0] * ce + sum(p[1:]) * loss
-    return reduce_loss(loss, reduction).to(logits.dtype)
+    loss = loss * nan_rows.to(loss.dtype)
+    if valid is None:
+        return reduce_loss(loss, reduction).to(logits.dtype)
+    return _masked_mean(loss, valid, reduction).to(logits.dtype)
 
 
 class TopKCrossEntropyLoss(torch.nn.Module):
     """Drop-in for ``torch.nn.CrossEntropyLoss`` with the differentiable top-k loss.
 
-    The number of classes comes from the logits.  See :func:`topk_cross_entropy`.
+    The number of classes comes from the logits; ``ignore_index`` (default -100), integer labels of any
+    dtype and ``label_smoothing=0.0`` as in ``CrossEntropyLoss``.  See :func:`topk_cross_entropy`.
 
     Example:
         >>> crit = fastsort.TopKCrossEntropyLoss([0.5, 0, 0, 0, 0.5], m=16, inverse_temperature=2.0)
@@ -182,12 +289,16 @@ class TopKCrossEntropyLoss(torch.nn.Module):
 
     def __init__(self, p_k: Sequence[float], method: str = "bitonic", *, m: Optional[int] = None,
                  inverse_temperature: float = 1.0, distribution: str = "cauchy", art_lambda: float = 0.25,
-                 top1_mode: str = "sm", reduction: str = "mean", backend: str = "auto"):
+                 top1_mode: str = "sm", reduction: str = "mean", backend: str = "auto",
+                 ignore_index: Optional[int] = -100, label_smoothing: float = 0.0):
         super().__init__()
-        self.p_k = check_p_k(p_k)
+        self.p_k = check_loss_p_k(p_k)
         METHODS.lookup(method, "loss")
         check_top1_mode(top1_mode)
         check_reduction(reduction)
+        self.ignore_index = check_ignore_index(ignore_index)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        inverse_temperature = check_inverse_temperature(inverse_temperature)  # a 0-d tensor is read once, here
         _method_params(method, inverse_temperature, distribution, art_lambda)
         if m is not None:
             m = as_int(m, "m")
@@ -201,9 +312,9 @@ class TopKCrossEntropyLoss(torch.nn.Module):
         return topk_cross_entropy(
             logits, labels, self.p_k, self.method, m=self.m, inverse_temperature=self.inverse_temperature,
             distribution=self.distribution, art_lambda=self.art_lambda, top1_mode=self.top1_mode,
-            reduction=self.reduction, backend=self.backend,
+            reduction=self.reduction, backend=self.backend, ignore_index=self.ignore_index,
         )
 
     def extra_repr(self) -> str:
         return (f"p_k={self.p_k}, method={self.method!r}, m={self.m}, inverse_temperature={self.inverse_temperature}, "
-                f"top1_mode={self.top1_mode!r}, reduction={self.reduction!r}")
+                f"top1_mode={self.top1_mode!r}, reduction={self.reduction!r}, ignore_index={self.ignore_index}")

@@ -7,8 +7,11 @@ ott-jax (``sort``, ``ranks``, ``topk_mask``); see docs/design.md, "Sinkhorn sort
 Per row ``x`` of length ``n``:
 
 * squash (``squash=True``): ``z = sigmoid((x - mean(x)) / (std(x) + 1e-10))``
-  with the *population* standard deviation (``jnp.std``, ``ddof=0``, as OTT);
-  ``squash=False`` uses ``z = x``;
+  with the *population* standard deviation (``jnp.std``, ``ddof=0``, as OTT),
+  evaluated scale-safely: ``x`` is first divided by the power of two ``s`` at
+  or just below ``max |x|`` (and ``1e-10`` by ``s`` too), which changes no bit
+  of the result for ordinary inputs but keeps ``(x - mean)^2`` from
+  overflowing float32 for ``|x| >= ~1e19``; ``squash=False`` uses ``z = x``;
 * ``m`` targets ``t = linspace(0, 1, m)`` with weights ``b``, sources with
   weights ``a = 1/n``, cost ``C_ij = (z_i - t_j)^2``;
 * log-domain Sinkhorn from ``f = g = 0``; one iteration updates ``g`` and then
@@ -26,7 +29,30 @@ Per row ``x`` of length ``n``:
   The error costs nothing extra: the column marginal of the current state is
   ``b_j exp((g_j - g_new_j) / eps)``, read off the next ``g`` update.
 
-``max_iter`` defaults to 2000, OTT's ``Sinkhorn.max_iterations``.
+* epsilon scaling (as ott-jax's ``Epsilon`` schedule offers) for a target
+  ``epsilon < 1e-2``: iteration ``c`` runs at ``max(epsilon, 1 * 0.9^c)``, from
+  the cost's own scale (squashed costs are at most 1) down to the target,
+  the potentials carried over (warm start); the checks start once the target
+  is reached.  From ``epsilon >= 1e-2`` on (the default included) every
+  iteration runs at ``epsilon`` itself, so those results are unchanged.
+
+``max_iter`` is the budget of all iterations; by default (``None``) it is
+``2000`` (OTT's ``Sinkhorn.max_iterations``) at ``epsilon >= 1e-2`` and grows
+as ``1 / epsilon`` below (``2000 * 1e-2 / epsilon``, at most 20000), plus the
+epsilon-scaling iterations.
+
+Convergence is reported, never assumed: after the iterations the marginal
+error of the plan the outputs are read from (``sum_j |T^T 1 - b|_j + sum_i
+|T 1 - a|_i``, recomputed from the final potentials) must be at most
+``2 * threshold`` (the iterations stop on a cheaper estimate of the column
+error alone; the factor leaves room for rounding between the two).  A row
+with finite inputs that misses it raises a :class:`SinkhornConvergenceWarning`
+(once per call site: the message is stable, the rows and their errors are the
+warning's attributes), or a :class:`SinkhornConvergenceError` with
+``strict=True``.  Both backends measure and report it the same way.  In float32
+the plan cannot resolve ``epsilon`` much below ``1e-5`` (the potentials'
+rounding, ``~6e-8``, is divided by ``epsilon`` in the exponent): use float64
+inputs there.
 
 Initialisation, as OTT: ``g = 0`` and ``f = 0``, except for the operators
 built on OTT's full ``sort`` (sorted values, the permutation, and top-k with
@@ -84,10 +110,21 @@ Special cases: ``k == n`` for top-k is the full sort (flipped); the top-k mask
 with ``k == n`` is all ones. Rows of equal values give ``z = 1/2``, ``T = a
 b^T`` after one iteration, so finite outputs (the mean, the middle rank).
 NaN in a row gives NaN out for that row (the row stops at its first check).
+
+Infinities: the squash's mean and standard deviation run over the entries
+that are not ``+-inf``, and ``+inf`` / ``-inf`` squash to ``z = 1`` / ``0``
+(the ends of the targets; with ``squash=False``, ``max(1, largest finite)`` and
+``min(0, smallest finite)``), so they are transported to the top / bottom
+targets like any value there.  The sorted values read ``+-inf`` as the row's
+largest / smallest finite value (``fastsort.soft_sort`` then writes the
+infinities themselves at the extreme positions).  Infinite entries get zero
+gradient; a masked (``-inf``) logit in the top-k loss is handled this way.
 """
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from typing import Tuple
 
 import torch
@@ -99,6 +136,9 @@ from .method import RowsMethod
 
 __all__ = [
     "DEFAULT_MAX_ITER",
+    "SinkhornConvergenceWarning",
+    "SinkhornConvergenceError",
+    "auto_max_iter",
     "sinkhorn_sort",
     "sinkhorn_rank",
     "sinkhorn_permutation",
@@ -113,6 +153,113 @@ CHECK_EVERY = 10  # ott-jax Sinkhorn.inner_iterations: error checked every 10 it
 DUALSORT_MAX_ITER = 100  # ott-jax SortingInitializer defaults
 DUALSORT_TOL = 1e-2
 STD_EPS = 1e-10
+# epsilon scaling (module docstring): below ANNEAL_BELOW, iteration c runs at max(eps, ANNEAL_START * ANNEAL_DECAY^c)
+ANNEAL_BELOW = DEFAULT_EPSILON
+ANNEAL_START = 1.0
+ANNEAL_DECAY = 0.9
+# the automatic budget (max_iter=None): DEFAULT_MAX_ITER * DEFAULT_EPSILON / eps, between these two
+MAX_AUTO_ITER = 20000
+# a row has converged when its plan's marginal L1 error is at most CONVERGED_SLACK * threshold
+CONVERGED_SLACK = 2.0
+
+
+class SinkhornConvergenceWarning(RuntimeWarning):
+    """Some rows of a Sinkhorn op did not converge: their plan's marginal error is above ``2 * threshold``.
+
+    The message is the same for every call with the same parameters (so Python shows it once per
+    call site); :attr:`rows` holds the indices of the offending (flattened) rows and :attr:`errors`
+    their marginal errors.
+    """
+
+    def __init__(self, message: str, rows=(), errors=()):
+        super().__init__(message)
+        self.rows = tuple(rows)
+        self.errors = tuple(errors)
+
+
+class SinkhornConvergenceError(RuntimeError):
+    """Raised instead of :class:`SinkhornConvergenceWarning` when the op was called with ``strict=True``."""
+
+    def __init__(self, message: str, rows=(), errors=()):
+        super().__init__(message)
+        self.rows = tuple(rows)
+        self.errors = tuple(errors)
+
+
+def anneal_schedule(epsilon: float) -> Tuple[float, int]:
+    """``(eps0, A)``: iteration ``c < A`` runs at ``eps0 * ANNEAL_DECAY^c``, the others at ``epsilon``
+    (``A = 0``: no epsilon scaling, for ``epsilon >= ANNEAL_BELOW``)."""
+    eps = float(epsilon)
+    if eps >= ANNEAL_BELOW:
+        return eps, 0
+    A, e = 0, ANNEAL_START
+    while e > eps:
+        A += 1
+        e = ANNEAL_START * ANNEAL_DECAY ** A
+    return ANNEAL_START, A
+
+
+def auto_max_iter(epsilon: float) -> int:
+    """The iteration budget for ``max_iter=None``: 2000 at ``epsilon >= 1e-2``, growing as ``1 / epsilon``
+    below (at most 20000), plus the epsilon-scaling iterations."""
+    eps = float(epsilon)
+    base = min(MAX_AUTO_ITER, max(DEFAULT_MAX_ITER, math.ceil(DEFAULT_MAX_ITER * DEFAULT_EPSILON / eps)))
+    return base + anneal_schedule(eps)[1]
+
+
+def check_max_iter(max_iter, epsilon) -> int:
+    """``max_iter`` as an int >= 1; ``None`` is :func:`auto_max_iter`."""
+    if max_iter is None:
+        return auto_max_iter(epsilon)
+    max_iter = as_int(max_iter, "max_iter")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1 (or None for the automatic budget), got {max_iter!r}")
+    return max_iter
+
+
+def check_strict(strict) -> bool:
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool (True raises SinkhornConvergenceError instead of warning), "
+                        f"got {type(strict).__name__}")
+    return strict
+
+
+def _call_site_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside fastsort and torch (the caller's own line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        package = frame.f_globals.get("__name__", "").split(".")[0]
+        if package not in ("fastsort", "torch"):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def report_convergence(x: torch.Tensor, err: torch.Tensor, kind: str, epsilon: float, max_iter: int,
+                       threshold: float, strict: bool) -> None:
+    """Warn (or raise, ``strict``) when a row of finite-or-infinite inputs has a plan marginal error
+    ``err`` above ``CONVERGED_SLACK * threshold`` (or NaN).  Rows holding a NaN are NaN by design."""
+    if err.numel() == 0:
+        return
+    bad = ~(err <= CONVERGED_SLACK * threshold) & ~torch.isnan(x).any(-1)
+    if not bool(bad.any()):  # one host sync per call
+        return
+    rows = bad.nonzero().flatten().tolist()
+    errors = err[bad].tolist()
+    msg = (f"fastsort: Sinkhorn ({kind}) did not converge at epsilon={epsilon:g} within max_iter={max_iter} "
+           f"iterations: some rows' marginal error (the L1 error of the plan's row and column sums) is above "
+           f"{CONVERGED_SLACK:g} * threshold = {CONVERGED_SLACK * threshold:g}, so their outputs are not a "
+           f"transport plan's. "
+           f"Fix: a larger epsilon, a larger max_iter (max_iter=None scales it with 1/epsilon), a larger "
+           f"threshold, or float64 inputs (float32 cannot resolve epsilon much below 1e-5); strict=True raises "
+           f"instead of warning")
+    if strict:
+        raise SinkhornConvergenceError(
+            msg + f"; rows {rows[:10]}{' ...' if len(rows) > 10 else ''} have errors "
+                  f"{[float(f'{e:.3g}') for e in errors[:10]]}", rows, errors)
+    warnings.warn(SinkhornConvergenceWarning(msg + " (the warning's rows and errors attributes name them)",
+                                             rows, errors), stacklevel=_call_site_stacklevel())
+
 
 def _kernels():
     """The Triton kernels, imported lazily (no import-time side effect)."""
@@ -126,22 +273,24 @@ def _kernels():
 # ----------------------------------------------------------------------------
 
 
-def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None):
+def _validate(x: torch.Tensor, epsilon, max_iter, threshold, k=None, strict=False) -> int:
+    """Check the standalone functions' arguments; returns ``max_iter`` resolved (``None``: automatic)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"x must be a 2-D tensor [rows, n], got {getattr(x, 'shape', type(x))}")
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    as_positive(epsilon, "epsilon")
-    if as_int(max_iter, "max_iter") < 1:
-        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    epsilon = as_positive(epsilon, "epsilon")
+    max_iter = check_max_iter(max_iter, epsilon)
     if not as_real(threshold, "threshold") > 0:
         raise ValueError(f"threshold must be a number > 0, got {threshold!r}")
+    check_strict(strict)
     n = x.shape[1]
     if n < 1:
         raise ValueError("x must have at least one element per row (n >= 1)")
     if k is not None:
         if not (1 <= as_int(k, "k") <= n):
             raise ValueError(f"k must be an integer with 1 <= k <= n = {n}, got {k!r}")
+    return max_iter
 
 
 # ----------------------------------------------------------------------------
@@ -300,28 +449,87 @@ def _targets(m: int, dtype, device) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, m, dtype=dtype, device=device)
 
 
+def _exponent_mask(dtype):
+    return (torch.int64, 0x7FF0000000000000) if dtype == torch.float64 else (torch.int32, 0x7F800000)
+
+
+def row_scale(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per row ``[R, 1]``, the power of two at or just below ``max |x|`` over the ``keep`` entries (1 for a row
+    of zeros or subnormals): dividing by it is exact, and keeps the squash's squares in range."""
+    amax = torch.where(keep, x.abs(), torch.zeros_like(x)).amax(-1, keepdim=True)
+    itype, mask = _exponent_mask(x.dtype)
+    s = (amax.view(itype) & mask).view(x.dtype)
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def finite_range(x: torch.Tensor, keep: torch.Tensor):
+    """``(lo, hi)`` ``[R, 1]``: the smallest and largest ``keep`` entry of each row (0 and 0 when none)."""
+    any_kept = keep.any(-1, keepdim=True)
+    inf = torch.full_like(x, math.inf)
+    lo = torch.where(keep, x, inf).amin(-1, keepdim=True)
+    hi = torch.where(keep, x, -inf).amax(-1, keepdim=True)
+    zero = torch.zeros_like(lo)
+    return torch.where(any_kept, lo, zero), torch.where(any_kept, hi, zero)
+
+
+def _squash_stats(x: torch.Tensor, keep: torch.Tensor):
+    """``(s, xc, nf, sd + STD_EPS / s, sd)`` over the ``keep`` entries of each row, in units of ``s``."""
+    s = row_scale(x, keep)
+    xs = torch.where(keep, x / s, torch.zeros_like(x))
+    nf = keep.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
+    mu = xs.sum(-1, keepdim=True) / nf
+    xc = torch.where(keep, xs - mu, torch.zeros_like(x))
+    sd = (xc.square().sum(-1, keepdim=True) / nf).sqrt()
+    return s, xc, nf, sd + STD_EPS / s, sd
+
+
 def squash_forward(x: torch.Tensor, squash: bool) -> torch.Tensor:
-    """``z = sigmoid((x - mean) / (std + 1e-10))`` per row (population std), or ``x``."""
+    """``z = sigmoid((x - mean) / (std + 1e-10))`` per row (population std, over the entries that are not
+    ``+-inf``, which squash to 1 and 0), in units of :func:`row_scale`; or ``x`` itself (infinities at
+    ``max(1, largest finite)`` / ``min(0, smallest finite)``)."""
+    pos, neg = x == math.inf, x == -math.inf
+    keep = ~(pos | neg)
     if not squash:
-        return x
-    mu = x.mean(-1, keepdim=True)
-    sd = (x - mu).square().mean(-1, keepdim=True).sqrt()
-    return torch.sigmoid((x - mu) / (sd + STD_EPS))
+        lo, hi = finite_range(x, keep)
+        return torch.where(pos, hi.clamp_min(1.0), torch.where(neg, lo.clamp_max(0.0), x))
+    s, xc, nf, sc, sd = _squash_stats(x, keep)
+    z = torch.sigmoid(xc / sc)
+    return torch.where(pos, torch.ones_like(z), torch.where(neg, torch.zeros_like(z), z))
 
 
 def squash_backward(x: torch.Tensor, z: torch.Tensor, dz: torch.Tensor, squash: bool) -> torch.Tensor:
-    """Vector-Jacobian product of :func:`squash_forward` (std' taken as 0 where std = 0)."""
+    """Vector-Jacobian product of :func:`squash_forward` (std' taken as 0 where std = 0; 0 at ``+-inf``)."""
+    keep = (x != math.inf) & (x != -math.inf)
     if not squash:
-        return dz
-    n = x.shape[-1]
-    mu = x.mean(-1, keepdim=True)
-    xc = x - mu
-    sd = xc.square().mean(-1, keepdim=True).sqrt()
-    s = sd + STD_EPS
-    dy = dz * z * (1 - z)  # y = xc / s
-    # y_i = xc_i / s:  dx = (dy - mean(dy)) / s - (sum_k dy_k xc_k / s^2) * dsd/dx
-    dsd = torch.where(sd > 0, xc / (n * sd.clamp_min(torch.finfo(x.dtype).tiny)), torch.zeros_like(xc))
-    return (dy - dy.mean(-1, keepdim=True)) / s - (dy * xc).sum(-1, keepdim=True) / (s * s) * dsd
+        return torch.where(keep, dz, torch.zeros_like(dz))
+    s, xc, nf, sc, sd = _squash_stats(x, keep)
+    dy = torch.where(keep, dz * z * (1 - z), torch.zeros_like(dz))  # y = xc / sc, xc in units of s
+    # y_i = xc_i / sc:  dxs = (dy - mean(dy)) / sc - (sum_k dy_k xc_k / sc^2) * dsd/dxs
+    dsd = torch.where(sd > 0, xc / (nf * sd.clamp_min(torch.finfo(x.dtype).tiny)), torch.zeros_like(xc))
+    dxs = (dy - dy.sum(-1, keepdim=True) / nf) / sc - (dy * xc).sum(-1, keepdim=True) / (sc * sc) * dsd
+    return torch.where(keep, dxs / s, torch.zeros_like(dxs))
+
+
+def readout_values(x: torch.Tensor) -> torch.Tensor:
+    """The values the sorted output reads: ``+-inf`` as the row's largest / smallest finite value."""
+    pos, neg = x == math.inf, x == -math.inf
+    lo, hi = finite_range(x, ~(pos | neg))
+    return torch.where(pos, hi.expand_as(x), torch.where(neg, lo.expand_as(x), x))
+
+
+def readout_backward(x: torch.Tensor, dxr: torch.Tensor) -> torch.Tensor:
+    """Vector-Jacobian product of :func:`readout_values`: an infinity's share goes to the finite extreme it
+    reads (split evenly among ties)."""
+    pos, neg = x == math.inf, x == -math.inf
+    keep = ~(pos | neg)
+    lo, hi = finite_range(x, keep)
+    zero = torch.zeros_like(dxr)
+    dx = torch.where(keep, dxr, zero)
+    for inf_mask, extreme in ((pos, hi), (neg, lo)):
+        share = torch.where(inf_mask, dxr, zero).sum(-1, keepdim=True)
+        at = keep & (x == extreme)
+        dx = dx + torch.where(at, share / at.sum(-1, keepdim=True).clamp_min(1).to(x.dtype), zero)
+    return dx
 
 
 # ----------------------------------------------------------------------------
@@ -344,16 +552,19 @@ def dualsort_init_torch(z, t):
     return f - f.mean(-1, keepdim=True)
 
 
-def sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0=None):
+def sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0=None, anneal=None):
     """Log-domain Sinkhorn per row with per-row early stopping.
 
     ``z`` [R, n], ``t`` [m], ``b`` [m]. Returns ``f`` [R, n], ``g`` [R, m] and the
     number of iterations each row ran. Only the rows still running are computed
     in an iteration; the cost is recomputed from ``z`` and ``t`` each time.
+    ``anneal = (eps0, A)`` (:func:`anneal_schedule`, the default): iteration ``c < A`` runs at
+    ``eps0 * ANNEAL_DECAY^c`` instead of ``epsilon``, and the checks start after iteration ``A``.
     """
     R, n = z.shape
     m = t.shape[0]
     eps = float(epsilon)
+    eps0, A = anneal_schedule(eps) if anneal is None else anneal
     f = torch.zeros(R, n, dtype=z.dtype, device=z.device) if f0 is None else f0.clone()
     g = torch.zeros(R, m, dtype=z.dtype, device=z.device)
     iters = torch.full((R,), max_iter, dtype=torch.int64, device=z.device)
@@ -364,9 +575,10 @@ def sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0=None):
     for c in range(max_iter):
         if active.numel() == 0:
             break
+        e = eps0 * ANNEAL_DECAY ** c if c < A else eps  # epsilon scaling, then the target
         cost = (za[:, :, None] - t) ** 2  # [r, n, m], recomputed every iteration
-        gn = eps * logb - eps * torch.logsumexp((fa[:, :, None] - cost) / eps, dim=1)
-        if c > 0 and c % CHECK_EVERY == 0:
+        gn = e * logb - e * torch.logsumexp((fa[:, :, None] - cost) / e, dim=1)
+        if c > A and c % CHECK_EVERY == 0:  # (A = 0: every 10th iteration from the 10th on)
             # column marginal of the current state (fa, ga) is b * exp((ga - gn) / eps)
             err = (b * torch.expm1((ga - gn) / eps)).abs().sum(-1)
             stop = (err < threshold) | torch.isnan(err)
@@ -378,7 +590,7 @@ def sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0=None):
                 active, za, gn, cost = active[keep], za[keep], gn[keep], cost[keep]
                 if active.numel() == 0:
                     break
-        fn = eps * loga - eps * torch.logsumexp((gn[:, None, :] - cost) / eps, dim=2)
+        fn = e * loga - e * torch.logsumexp((gn[:, None, :] - cost) / e, dim=2)
         fa, ga = fn, gn
     if active.numel():
         f[active] = fa
@@ -390,6 +602,12 @@ def _plan(z, t, f, g, epsilon):
     """Transport plan ``T`` [R, n, m] from potentials (cost recomputed)."""
     cost = (z[:, :, None] - t) ** 2
     return torch.exp((f[:, :, None] + g[:, None, :] - cost) / epsilon)
+
+
+def plan_error(T: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Marginal error per row ``[R]``: ``sum_j |T^T 1 - b|_j + sum_i |T 1 - 1/n|_i`` (what convergence means)."""
+    n = T.shape[1]
+    return (T.sum(1) - b).abs().sum(-1) + (T.sum(2) - 1.0 / n).abs().sum(-1)
 
 
 def implicit_duals_torch(T, b, u, v):
@@ -408,7 +626,7 @@ def implicit_duals_torch(T, b, u, v):
 def backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash):
     """Hand-written implicit backward of the torch reference; returns dL/dx."""
     T = _plan(z, t, f, g, epsilon)
-    G = OPERATORS[kind].cotangent(grad, x, T, n, k)
+    G = OPERATORS[kind].cotangent(grad, readout_values(x), T, n, k)
     GT = G * T
     u, v = GT.sum(2), GT.sum(1)
     lam, mu = implicit_duals_torch(T, b, u, v)
@@ -416,7 +634,7 @@ def backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash):
     dz = 2 * (z * dC.sum(2) - dC @ t)
     dx = squash_backward(x, z, dz, squash)
     if kind == "sort":
-        dx = dx + n * (T @ grad[:, :, None])[:, :, 0]
+        dx = dx + readout_backward(x, n * (T @ grad[:, :, None])[:, :, 0])
     return dx
 
 
@@ -433,25 +651,30 @@ def _backend_for(backend: str, kind: str, n: int, k) -> str:
 
 
 def _forward(x: torch.Tensor, kind: str, k: int, epsilon: float, max_iter: int, threshold: float, squash: bool,
-             backend: str, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, z, f, g)``: the operator's output, the squashed inputs and the potentials (``k = 0``: no k)."""
+             strict: bool, backend: str, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """``(out, z, f, g)``: the operator's output, the squashed inputs and the potentials (``k = 0``: no k).
+    Rows that did not converge are reported (:func:`report_convergence`) before anything is returned."""
     k = k or None
     n = x.shape[1]
     b, t, logb = _target_tensors(kind, n, k, x.dtype, x.device)
     if _backend_for(backend, kind, n, k) == "triton":
-        out, z, f, g = _kernels().sinkhorn_fwd(x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter,
-                                              threshold=threshold, squash=squash, logb=logb)
+        out, z, f, g, err = _kernels().sinkhorn_fwd(x, kind=kind, k=k, b=b, epsilon=epsilon, max_iter=max_iter,
+                                                   threshold=threshold, squash=squash, logb=logb)
     else:
         z = squash_forward(x, squash)
         f0 = dualsort_init_torch(z, t) if uses_sort_init(kind, k, n) else None
         f, g, _ = sinkhorn_potentials_torch(z, t, b, epsilon, max_iter, threshold, f0)
-        out = OPERATORS[kind].output(_plan(z, t, f, g, epsilon), x, n, k)
+        T = _plan(z, t, f, g, epsilon)
+        err = plan_error(T, b)
+        out = OPERATORS[kind].output(T, readout_values(x), n, k)
+    report_convergence(x, err, kind, epsilon, max_iter, threshold, strict)
     # outputs may not alias the input (z is x itself without squashing) nor be views (the torch
     # path's plan columns are a transposed one)
     return out.contiguous(), (z.clone() if z is x else z), f, g
 
 
-def _forward_fake(x, kind, k, epsilon, max_iter, threshold, squash, backend, need_grad):
+def _forward_fake(x, kind, k, epsilon, max_iter, threshold, squash, strict, backend, need_grad):
     R, n = x.shape
     op = OPERATORS[kind]
     m = op.n_targets(n, k or None)
@@ -460,7 +683,7 @@ def _forward_fake(x, kind, k, epsilon, max_iter, threshold, squash, backend, nee
 
 
 def _backward(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
-              kind: str, k: int, epsilon: float, max_iter: int, threshold: float, squash: bool,
+              kind: str, k: int, epsilon: float, max_iter: int, threshold: float, squash: bool, strict: bool,
               backend: str) -> torch.Tensor:
     """``dL/dx`` by implicit differentiation at the potentials ``f, g``."""
     k = k or None
@@ -473,7 +696,7 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, z: torch.Tensor, f: torch.Ten
     return backward_torch(kind, grad, x, z, t, b, f, g, epsilon, n, k, squash)
 
 
-def _backward_fake(grad, x, z, f, g, kind, k, epsilon, max_iter, threshold, squash, backend):
+def _backward_fake(grad, x, z, f, g, kind, k, epsilon, max_iter, threshold, squash, strict, backend):
     return torch.empty_like(x)
 
 
@@ -482,51 +705,54 @@ SINKHORN_OP = KernelOp("sinkhorn", _forward, _backward, forward_fake=_forward_fa
                        n_outputs=1, save_inputs=(0,))
 
 
-def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend):
-    _validate(x, epsilon, max_iter, threshold, k if kind in ("topk", "mask") else None)
+def _run(kind, x, k, epsilon, max_iter, threshold, squash, backend, strict):
+    max_iter = _validate(x, epsilon, max_iter, threshold, k if kind in ("topk", "mask") else None, strict)
     if backend == "auto":
         from ._dispatch import resolve_backend
 
         backend = resolve_backend(x, backend)
     if backend not in ("torch", "triton"):
         raise ValueError(f"backend must be 'torch', 'triton' or 'auto', got {backend!r}")
-    return _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend)
+    return _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend, strict)
 
 
-def _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend):
+def _apply(kind, x, k, epsilon, max_iter, threshold, squash, backend, strict=False):
     """Operator ``kind`` on checked rows ``x [R, n]`` and parameters, for a resolved backend."""
     if kind == "mask" and k == x.shape[1]:
-        return torch.ones_like(x) + 0 * x  # everything is in the top n; NaN stays NaN
+        # everything is in the top n: ones, a NaN anywhere in the row makes the row NaN (no gradient)
+        finite_sum = torch.where(torch.isinf(x), torch.zeros_like(x), x).sum(-1, keepdim=True)
+        return torch.ones_like(x) + 0 * finite_sum
     return SINKHORN_OP(x.contiguous(), kind, int(k or 0), float(epsilon), int(max_iter), float(threshold),
-                       bool(squash), backend)
+                       bool(squash), bool(strict), backend)
 
 
 class Sinkhorn(RowsMethod):
     """Sinkhorn sorting (ott-jax's ``soft_sort``): parameters ``epsilon=1e-2`` (``1 / inverse_temperature``
-    in the loss), ``max_iter=2000``, ``threshold=1e-3``, ``squash=True``."""
+    in the loss), ``max_iter=None`` (the automatic budget, :func:`auto_max_iter`: 2000 at ``epsilon >= 1e-2``,
+    growing as ``1 / epsilon`` below), ``threshold=1e-3``, ``squash=True`` and ``strict=False`` (``True``:
+    a row that does not converge raises :class:`SinkhornConvergenceError` instead of warning)."""
 
-    defaults = {"epsilon": DEFAULT_EPSILON, "max_iter": DEFAULT_MAX_ITER, "threshold": DEFAULT_THRESHOLD,
-                "squash": True}
+    defaults = {"epsilon": DEFAULT_EPSILON, "max_iter": None, "threshold": DEFAULT_THRESHOLD,
+                "squash": True, "strict": False}
     kernels = ("triton",)
+    #: handles ``+-inf`` itself (module docstring); ``fastsort.soft_sort`` writes the infinities back
+    native_infinities = True
 
     def check(self, p):
         p["epsilon"] = as_positive(p["epsilon"], "epsilon")
-        if p["max_iter"] is None:
-            p["max_iter"] = DEFAULT_MAX_ITER
-        p["max_iter"] = as_int(p["max_iter"], "max_iter")
-        if p["max_iter"] < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {p['max_iter']!r}")
+        p["max_iter"] = check_max_iter(p["max_iter"], p["epsilon"])
         p["threshold"] = as_real(p["threshold"], "threshold")
         if not p["threshold"] > 0:
             raise ValueError(f"threshold must be a number > 0, got {p['threshold']!r}")
         p["squash"] = bool(p["squash"])
+        p["strict"] = check_strict(p["strict"])
         return p
 
     def loss_params(self, inverse_temperature, distribution, art_lambda):
         return self.parse(dict(epsilon=1.0 / inverse_temperature))
 
     def _op(self, kind, x, k, p, backend):
-        return _apply(kind, x, k, p["epsilon"], p["max_iter"], p["threshold"], p["squash"], backend)
+        return _apply(kind, x, k, p["epsilon"], p["max_iter"], p["threshold"], p["squash"], backend, p["strict"])
 
     def sort(self, x, p, backend):
         return self._op("sort", x, None, p, backend)
@@ -544,34 +770,40 @@ class Sinkhorn(RowsMethod):
         return self._op("mask", x, k, p, backend)
 
 
-def sinkhorn_sort(x, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
-                  squash=True, backend="torch"):
-    """Soft sorted values ``[R, n]`` (ascending) of ``x`` ``[R, n]``: ``n T^T x``."""
-    return _run("sort", x, None, epsilon, max_iter, threshold, squash, backend)
+def sinkhorn_sort(x, *, epsilon=DEFAULT_EPSILON, max_iter=None, threshold=DEFAULT_THRESHOLD,
+                  squash=True, backend="torch", strict=False):
+    """Soft sorted values ``[R, n]`` (ascending) of ``x`` ``[R, n]``: ``n T^T x``.
+
+    ``epsilon``, ``threshold``, ``squash``: see the module docstring; ``max_iter=None`` is the automatic
+    budget (:func:`auto_max_iter`). Rows that do not converge warn (:class:`SinkhornConvergenceWarning`)
+    or, with ``strict=True``, raise :class:`SinkhornConvergenceError`. The other ``sinkhorn_*``
+    functions take the same parameters.
+    """
+    return _run("sort", x, None, epsilon, max_iter, threshold, squash, backend, strict)
 
 
-def sinkhorn_rank(x, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
-                  squash=True, backend="torch"):
+def sinkhorn_rank(x, *, epsilon=DEFAULT_EPSILON, max_iter=None, threshold=DEFAULT_THRESHOLD,
+                  squash=True, backend="torch", strict=False):
     """Soft ranks ``[R, n]`` in ``[1, n]``, 1 = smallest (OTT's 0-based ranks + 1)."""
-    return _run("rank", x, None, epsilon, max_iter, threshold, squash, backend)
+    return _run("rank", x, None, epsilon, max_iter, threshold, squash, backend, strict)
 
 
-def sinkhorn_permutation(x, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
-                         squash=True, backend="torch"):
+def sinkhorn_permutation(x, *, epsilon=DEFAULT_EPSILON, max_iter=None, threshold=DEFAULT_THRESHOLD,
+                         squash=True, backend="torch", strict=False):
     """Soft permutation ``[R, n, n]``: row ``j`` = output position ``j`` (ascending), columns = inputs."""
-    return _run("perm", x, None, epsilon, max_iter, threshold, squash, backend)
+    return _run("perm", x, None, epsilon, max_iter, threshold, squash, backend, strict)
 
 
-def sinkhorn_topk(x, k, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
-                  squash=True, backend="torch"):
+def sinkhorn_topk(x, k, *, epsilon=DEFAULT_EPSILON, max_iter=None, threshold=DEFAULT_THRESHOLD,
+                  squash=True, backend="torch", strict=False):
     """Top-k rows of the soft permutation ``[R, k, n]``: row ``r`` = rank ``r + 1`` (row 0 = largest).
 
     Uses ``k + 1`` targets with weights ``[(n-k)/n, 1/n, ..., 1/n]`` (``O(n k)`` per iteration).
     """
-    return _run("topk", x, k, epsilon, max_iter, threshold, squash, backend)
+    return _run("topk", x, k, epsilon, max_iter, threshold, squash, backend, strict)
 
 
-def sinkhorn_topk_mask(x, k, *, epsilon=DEFAULT_EPSILON, max_iter=DEFAULT_MAX_ITER, threshold=DEFAULT_THRESHOLD,
-                       squash=True, backend="torch"):
+def sinkhorn_topk_mask(x, k, *, epsilon=DEFAULT_EPSILON, max_iter=None, threshold=DEFAULT_THRESHOLD,
+                       squash=True, backend="torch", strict=False):
     """Soft probability ``[R, n]`` that each element is among the ``k`` largest (OTT's ``topk_mask``)."""
-    return _run("mask", x, k, epsilon, max_iter, threshold, squash, backend)
+    return _run("mask", x, k, epsilon, max_iter, threshold, squash, backend, strict)

@@ -13,8 +13,24 @@ Cost ``O(n k)`` for ``k`` rows, never an ``n x n`` intermediate unless all
 rows are requested.  Plain autograd is exact and memory-light here, so these
 methods have no kernels: their torch ops run on any device
 (docs/design.md, "NeuralSort and SoftSort").
+
+What they guarantee: every row of ``P`` is a softmax, so it sums to 1 and the
+soft sorted values (``P x``) stay within ``[min x, max x]``; the *columns* do
+not sum to 1 (``P`` is not doubly stochastic), so soft ranks
+(``sum_r (n + 1 - r) P[r, i]``) may leave ``[1, n]`` and a top-k mask
+(``sum_{r <= k} P[r, i]``) may exceed 1.  NeuralSort's math is difftopk's.
+
+Infinities are the limit of an ever larger (or smaller) finite value, which
+both formulas reach exactly: the ``b`` entries at ``+inf`` take ranks ``1..b``
+and the ``a`` at ``-inf`` the last ``a`` ranks, each of those rows spread
+evenly over its tied infinities, with weight exactly 0 on finite entries (and
+finite rows exactly 0 on infinite entries); the finite entries are ranked
+among themselves, as if the infinities were not there.  Infinite entries get
+zero gradient.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,49 +43,84 @@ def abs_row_sums(s: torch.Tensor):
 
     With the finite values sorted ascending, the one at finite position ``p``
     has ``sum_l |v - s_l| = v (2 p - n_f) + S - 2 P_p`` (``n_f`` finite values,
-    ``S`` their total, ``P_p`` the sum of the ``p`` smaller ones).  ``-inf``
-    entries (masked classes) are left out: returns ``(sums, n_f [R, 1], masked)``.
+    ``S`` their total, ``P_p`` the sum of the ``p`` smaller ones).  ``+-inf``
+    entries (masked classes) are left out: returns ``(sums, n_f [R, 1], infinite)``
+    (the sums at infinite entries are meaningless).
     """
     n = s.shape[-1]
-    masked = s == float("-inf")
-    n_f = (~masked).sum(-1, keepdim=True).to(s.dtype)
-    sv, order = s.sort(dim=-1)  # -inf first
-    sv0 = torch.where(sv == float("-inf"), torch.zeros_like(sv), sv)
+    infinite = torch.isinf(s)
+    n_f = (~infinite).sum(-1, keepdim=True).to(s.dtype)
+    n_neg = (s == -math.inf).sum(-1, keepdim=True).to(s.dtype)
+    sv, order = s.sort(dim=-1)  # -inf first, then the finite values, then +inf
+    sv0 = torch.where(torch.isinf(sv), torch.zeros_like(sv), sv)
     prefix = sv0.cumsum(-1) - sv0
-    pos = torch.arange(n, device=s.device, dtype=s.dtype) - (n - n_f)  # position among the finite values
+    pos = torch.arange(n, device=s.device, dtype=s.dtype) - n_neg  # position among the finite values
     total = sv0.sum(-1, keepdim=True)
     sums_sorted = sv0 * (2 * pos - n_f) + total - 2 * prefix
-    return torch.zeros_like(sums_sorted).scatter(-1, order, sums_sorted), n_f, masked
+    return torch.zeros_like(sums_sorted).scatter(-1, order, sums_sorted), n_f, infinite
+
+
+def _nan_rows(s: torch.Tensor) -> torch.Tensor:
+    """``[R, 1, 1]``: NaN for a row holding a NaN, else 0 (added to logits: NaN in, NaN out, gradients too)."""
+    nan = torch.isnan(s).any(-1)
+    return torch.where(nan, torch.full_like(nan, math.nan, dtype=s.dtype), torch.zeros_like(nan, dtype=s.dtype))[
+        :, None, None]
 
 
 def neuralsort_rows(s: torch.Tensor, k: int, tau: float) -> torch.Tensor:
     """Top ``k`` rows of NeuralSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
 
-    ``-inf`` entries (masked classes) get probability 0 and the others are
-    ranked among themselves (NeuralSort of the finite entries).
+    ``+-inf`` entries are the limit of an ever larger / smaller value: the ``b``
+    entries at ``+inf`` take ranks ``1..b`` (each such row spread evenly over them),
+    the ones at ``-inf`` the last ranks, and the finite entries get NeuralSort of
+    the finite entries alone, shifted by ``b`` ranks (masked classes get probability
+    0 in the top rows).
     """
-    a1, n_f, masked = abs_row_sums(s)
-    s0 = torch.where(masked, torch.zeros_like(s), s)
-    i = torch.arange(1, k + 1, device=s.device, dtype=s.dtype)
-    scale = (n_f + 1 - 2 * i).unsqueeze(-1)  # [R, k, 1]
+    a1, n_f, infinite = abs_row_sums(s)
+    pos, neg = s == math.inf, s == -math.inf
+    s0 = torch.where(infinite, torch.zeros_like(s), s)
+    i = torch.arange(1, k + 1, device=s.device, dtype=s.dtype)  # the rank of each row
+    n_pos = pos.sum(-1, keepdim=True).to(s.dtype)
+    rank_f = i - n_pos  # [R, k]: the rank among the finite entries
+    scale = (n_f + 1 - 2 * rank_f).unsqueeze(-1)  # [R, k, 1]
     logits = (scale * s0.unsqueeze(-2) - a1.unsqueeze(-2)) / tau
-    logits = logits.masked_fill(masked.unsqueeze(-2), float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    logits = logits.masked_fill(infinite.unsqueeze(-2), -math.inf)
+    # the ranks of the infinities: rows spread over the tied +inf (first) or -inf (last) entries
+    spread = torch.zeros_like(s)
+    logits = torch.where((i <= n_pos).unsqueeze(-1), spread.masked_fill(~pos, -math.inf).unsqueeze(-2), logits)
+    logits = torch.where((i > n_pos + n_f).unsqueeze(-1), spread.masked_fill(~neg, -math.inf).unsqueeze(-2), logits)
+    return torch.softmax(logits + _nan_rows(s), dim=-1)
 
 
 def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float) -> torch.Tensor:
-    """Top ``k`` rows of SoftSort's ``P`` for ``s [R, n]``: ``[R, k, n]``."""
+    """Top ``k`` rows of SoftSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
+
+    Equal entries (equal infinities included) are at distance 0; an infinity is at
+    distance ``inf`` from everything else, so its rows and columns are exactly 0
+    against finite entries.  ``|d| ** pow`` is given gradient 0 at ``d = 0`` (its
+    derivative is infinite there for ``pow < 1``, where the diagonal would
+    otherwise make every gradient NaN) and at ``d = inf``.
+    """
     top = s.topk(k, dim=-1, sorted=True).values if k < s.shape[-1] else s.sort(dim=-1, descending=True).values
-    diff = (s.unsqueeze(-2) - top.unsqueeze(-1)).abs()
+    u = s.unsqueeze(-2) - top.unsqueeze(-1)
+    tie = s.unsqueeze(-2) == top.unsqueeze(-1)  # inf - inf would be NaN
+    diff = torch.where(tie, torch.zeros_like(u), u).abs()
     if pow != 1.0:
-        diff = diff.pow(pow)
+        flat = (diff == 0) | torch.isinf(diff)
+        safe = torch.where(flat, torch.ones_like(diff), diff)
+        diff = torch.where(flat, diff, safe.pow(pow))
     return torch.softmax(-diff / tau, dim=-1)
 
 
 class NeuralSort(RowsMethod):
-    """NeuralSort (Grover et al., ICLR 2019); parameter ``tau=1.0`` (``1 / inverse_temperature`` in the loss)."""
+    """NeuralSort (Grover et al., ICLR 2019); parameter ``tau=1.0`` (``1 / inverse_temperature`` in the loss).
+
+    Rows of ``P`` sum to 1, columns need not: soft ranks may leave ``[1, n]`` and the top-k mask may
+    exceed 1 (module docstring)."""
 
     defaults = {"tau": 1.0}
+    #: handles ``+-inf`` itself (module docstring); ``fastsort.soft_sort`` writes the infinities back
+    native_infinities = True
 
     def check(self, p):
         p["tau"] = as_positive(p["tau"], "tau")
@@ -80,6 +131,13 @@ class NeuralSort(RowsMethod):
 
     def topk(self, x, k, p, backend):
         return neuralsort_rows(x, k, p["tau"])
+
+    def sort(self, x, p, backend):
+        # P x, with +-inf read as 0: a finite rank's row is exactly 0 on them (an infinity's own
+        # position is then 0 here and gets its infinity back in fastsort.soft_sort)
+        n = x.shape[-1]
+        x0 = torch.where(torch.isinf(x), torch.zeros_like(x), x)
+        return (self.topk(x, n, p, backend) @ x0.unsqueeze(-1)).squeeze(-1).flip(-1)
 
 
 class SoftSort(NeuralSort):

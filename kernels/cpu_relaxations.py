@@ -17,10 +17,12 @@ The one table is the pair of functions per code below (``_logistic`` /
 
 A runtime switch rather than one compiled kernel per relaxation: each kernel is
 compiled once for all six (JIT time counts).  An unknown code raises
-``ValueError``; there is no default branch.  Everything is inlined into the
-kernels (``inline="always"``) and compiled with numpy's error model (a float
-division by zero is IEEE inf/NaN, as in torch, and no zero check blocks
-vectorisation).
+``ValueError``; there is no default branch.  The per-code functions and the
+scalar dispatch are inlined where they are used (``inline="always"``); the block
+versions are compiled once per dtype of ``d`` and called once per comparator
+and block (inlining them into every kernel cost compile time, not run time).
+Everything uses numpy's error model (a float division by zero is IEEE inf/NaN,
+as in torch, and no zero check blocks vectorisation).
 
 The formulas are the torch backend's (``fastsort/relaxations.py``), evaluated
 in float64 (``d * steepness`` with the launchers' Python-float ``steepness``).

@@ -22,6 +22,15 @@ measurements behind it").
 * All reductions accumulate in float32 (log-sum-exp with the max subtracted).
 * Every row stops on its own: a converged row is masked out of the updates
   (``tl.where``) and the loop runs while any row of the tile is active.
+* Below ``epsilon = 1e-2`` the iterations scale epsilon down from 1 to the
+  target (``fastsort.sinkhorn.anneal_schedule``: iteration ``c < A`` at
+  ``eps0 * decay^c``), in the log domain; the checks start after iteration ``A``.
+* After the iterations the kernel writes each row's marginal error (the L1
+  error of both marginals of the plan it reads the outputs from), which the
+  caller turns into a warning or an error (``fastsort.sinkhorn.report_convergence``).
+* The squash is scale-safe and skips infinities exactly as the torch reference
+  (``_row_stats``: statistics over the entries that are not ``+-inf``, in units
+  of the power of two at or below the row's largest magnitude).
 
 Forward kernel: squash -> (DualSort init) -> Sinkhorn iterations -> outputs.
 
@@ -48,6 +57,8 @@ registers, then the chain rule to ``x``.
 compile variants for the shared ahead-of-time compile test.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -104,24 +115,49 @@ def _plan_columns(BASE, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP: tl
 
 
 @triton.jit
-def _squash(x, nmask, n, SQUASH: tl.constexpr):
-    # z = sigmoid((x - mean) / (std + STD_EPS)), population std, per row.
-    if SQUASH:
-        xm = tl.where(nmask, x, 0.0)
-        mu = tl.sum(xm, axis=1) / n
-        xc = tl.where(nmask, x - mu[:, None], 0.0)
-        sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
-        z = tl.sigmoid(xc / (sd[:, None] + STD_EPS))
-    else:
-        z = x
-    return tl.where(nmask, z, 0.0)
+def _row_stats(x, nmask):
+    """Per row, over the entries that are not ``+-inf`` (``keep``), in units of the power of two ``s`` at or
+    below their largest magnitude (dividing by it is exact; 1 for a row of zeros or subnormals): the
+    centred values ``xc``, their count ``nk`` (at least 1), ``sd`` and ``sc = sd + STD_EPS / s``, and the
+    smallest / largest kept value ``lo`` / ``hi`` (0 when none), as ``fastsort.sinkhorn._squash_stats``."""
+    pos = nmask & (x == float("inf"))
+    neg = nmask & (x == float("-inf"))
+    keep = nmask & (x != float("inf")) & (x != float("-inf"))
+    amax = tl.max(tl.where(keep, tl.abs(x), 0.0), axis=1)
+    s = (amax.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    s = tl.where(s > 0.0, s, 1.0)
+    count = tl.sum(keep.to(tl.int32), axis=1)
+    nk = tl.maximum(count, 1).to(tl.float32)
+    xs = tl.where(keep, x / s[:, None], 0.0)
+    mu = tl.sum(xs, axis=1) / nk
+    xc = tl.where(keep, xs - mu[:, None], 0.0)
+    sd = tl.sqrt(tl.sum(xc * xc, axis=1) / nk)
+    sc = sd + STD_EPS / s
+    lo = tl.where(count > 0, tl.min(tl.where(keep, x, float("inf")), axis=1), 0.0)
+    hi = tl.where(count > 0, tl.max(tl.where(keep, x, float("-inf")), axis=1), 0.0)
+    return keep, pos, neg, s, nk, xc, sd, sc, lo, hi
 
 
 @triton.jit
-def _still_active(active, c, err, threshold):
-    """Rows keep iterating until a check (every ``CHECK_EVERY`` iterations) finds their marginal
-    error ``err`` below ``threshold`` (or NaN)."""
-    check = (c > 0) & (c % CHECK_EVERY == 0)
+def _squash(x, nmask, SQUASH: tl.constexpr):
+    """``(z, xr)``: z = sigmoid((x - mean) / (std + STD_EPS)) per row (population std; ``+-inf`` at 1 / 0),
+    or x itself (``+-inf`` at ``max(1, hi)`` / ``min(0, lo)``); xr = the values the sorted output reads
+    (``+-inf`` as the largest / smallest finite value)."""
+    keep, pos, neg, s, nk, xc, sd, sc, lo, hi = _row_stats(x, nmask)
+    if SQUASH:
+        z = tl.sigmoid(xc / sc[:, None])
+        z = tl.where(pos, 1.0, tl.where(neg, 0.0, z))
+    else:
+        z = tl.where(pos, tl.maximum(hi, 1.0)[:, None], tl.where(neg, tl.minimum(lo, 0.0)[:, None], x))
+    xr = tl.where(pos, hi[:, None], tl.where(neg, lo[:, None], x))
+    return tl.where(nmask, z, 0.0), tl.where(nmask, xr, 0.0)
+
+
+@triton.jit
+def _still_active(active, c, err, threshold, anneal_iters):
+    """Rows keep iterating until a check (every ``CHECK_EVERY`` iterations once epsilon scaling is
+    over) finds their marginal error ``err`` below ``threshold`` (or NaN)."""
+    check = (c > anneal_iters) & (c % CHECK_EVERY == 0)
     return active & ((check & ((err < threshold) | (err != err))) == 0)
 
 
@@ -138,21 +174,21 @@ def _cost(z, t):
 
 @triton.jit
 def _sinkhorn_fwd_kernel(
-    X, Z, F, G, OUT, LOGB,
+    X, Z, F, G, OUT, LOGB, ERR,
     R, n, m, ncol, col0,
-    eps, threshold, max_iter, scaling_max,
+    eps, threshold, max_iter, scaling_max, eps0, ln_decay, anneal_iters,
     X_DTYPE: tl.constexpr, SQUASH: tl.constexpr, INIT_SORT: tl.constexpr, OUT_KIND: tl.constexpr, FLIP: tl.constexpr,
     DOMAIN: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # tensors arrive as addresses (fastsort.kernels.launch)
     X, Z, F, G = as_pointer(X, X_DTYPE), as_pointer(Z, tl.float32), as_pointer(F, tl.float32), \
         as_pointer(G, tl.float32)
-    OUT, LOGB = as_pointer(OUT, tl.float32), as_pointer(LOGB, tl.float32)
+    OUT, LOGB, ERR = as_pointer(OUT, tl.float32), as_pointer(LOGB, tl.float32), as_pointer(ERR, tl.float32)
     rows, rmask, ii, jj, nmask, jmask, rows64 = _row_tile(R, n, m, ROWS, BLOCK_N, BLOCK_M)
 
     # -- load and squash the rows; keep z for the backward pass
     x = tl.load(X + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
-    z = _squash(x, nmask, n, SQUASH)
+    z, xr = _squash(x, nmask, SQUASH)
     tl.store(Z + rows64[:, None] * n + ii[None, :], z, mask=nmask)
 
     # -- targets t_j = linspace(0, 1, m) and log weights
@@ -204,7 +240,7 @@ def _sinkhorn_fwd_kernel(
             vn = tl.where(bmask, bw[None, :] / tl.where(bmask, Ktu, 1.0), 0.0)
             # column marginal of the current (u, v): v_j (K^T u)_j
             err = tl.sum(tl.where(jmask[None, :], tl.abs(v * Ktu - bw[None, :]), 0.0), axis=1)
-            active = _still_active(active, c, err, threshold)
+            active = _still_active(active, c, err, threshold, anneal_iters)
             Kv = tl.sum(K * vn[:, :, None], axis=1)
             un = tl.where(nmask, a / tl.where(nmask, Kv, 1.0), 0.0)
             v = tl.where(active[:, None], vn, v)
@@ -216,22 +252,24 @@ def _sinkhorn_fwd_kernel(
         plan = u[:, None, :] * K * v[:, :, None] * n
     else:
         while (c < max_iter) & (tl.sum(active.to(tl.int32), axis=0) > 0):
+            # this iteration's epsilon: eps0 decay^c while scaling epsilon down (c < anneal_iters), then eps
+            ce = tl.where(c < anneal_iters, eps0 * tl.exp(c.to(tl.float32) * ln_decay), eps)
             # g_j = eps log b_j - eps LSE_i (f_i - C_ij) / eps   (padded sources masked out)
-            s = (f[:, None, :] - cost) / eps
+            s = (f[:, None, :] - cost) / ce
             s = tl.where((ii < n)[None, None, :], s, float("-inf"))
             smax = tl.max(s, axis=2)
             lse = smax + tl.log(tl.sum(tl.exp(s - smax[:, :, None]), axis=2))
-            gn = eps * logb[None, :] - eps * lse
-            # column-marginal L1 error of the current state: b_j exp((g_j - gn_j)/eps)
+            gn = ce * logb[None, :] - ce * lse
+            # column-marginal L1 error of the current state: b_j exp((g_j - gn_j)/eps) (read at checks only)
             marg = bw[None, :] * tl.exp((g - gn) / eps)
             err = tl.sum(tl.where(jmask[None, :], tl.abs(marg - bw[None, :]), 0.0), axis=1)
-            active = _still_active(active, c, err, threshold)
+            active = _still_active(active, c, err, threshold, anneal_iters)
             # f_i = eps log a_i - eps LSE_j (g_j - C_ij) / eps   (padded targets masked out)
-            s = (gn[:, :, None] - cost) / eps
+            s = (gn[:, :, None] - cost) / ce
             s = tl.where(jmask[None, :, None], s, float("-inf"))
             smax = tl.max(s, axis=1)
             lse = smax + tl.log(tl.sum(tl.exp(s - smax[:, None, :]), axis=1))
-            fn = eps * loga - eps * lse
+            fn = ce * loga - ce * lse
             g = tl.where(active[:, None], gn, g)
             f = tl.where(active[:, None] & nmask, fn, f)
             c += 1
@@ -242,10 +280,16 @@ def _sinkhorn_fwd_kernel(
     gmask = rmask[:, None] & jmask[None, :]
     tl.store(G + rows64[:, None] * m + jj[None, :], g, mask=gmask)
 
+    # -- the marginal error of the plan the outputs read: sum_j |T^T 1 - b|_j + sum_i |T 1 - 1/n|_i
+    inv_n = 1.0 / n.to(tl.float32)
+    col_err = tl.where(jmask[None, :], tl.abs(tl.sum(plan, axis=2) * inv_n - bw[None, :]), 0.0)
+    row_err = tl.where(nmask, tl.abs(tl.sum(plan, axis=1) * inv_n - inv_n), 0.0)
+    tl.store(ERR + rows64, tl.sum(col_err, axis=1) + tl.sum(row_err, axis=1), mask=rmask)
+
     # -- outputs from the plan n T
     if OUT_KIND == OUT_SORT:
-        # sorted values  n T^T x  -> [R, m]
-        sv = tl.sum(plan * x[:, None, :], axis=2)
+        # sorted values  n T^T x  -> [R, m]  (x with +-inf read as the finite extremes)
+        sv = tl.sum(plan * xr[:, None, :], axis=2)
         tl.store(OUT + rows64[:, None] * m + jj[None, :], sv, mask=gmask)
     elif OUT_KIND == OUT_RANK:
         # ranks  n T [0..m-1] + 1 -> [R, n]
@@ -293,17 +337,23 @@ def _sinkhorn_bwd_kernel(
 
     cost = _cost(z, t)
     T = tl.where(valid, tl.exp((f[:, None, :] + g[:, :, None] - cost) / eps), 0.0)
+    keep, pos, neg, s, nk, xc, sd, sc, lo, hi = _row_stats(x, nmask)
 
-    # -- G = dL/dT from the output cotangent
+    # -- G = dL/dT from the output cotangent; for the sorted values in units of the row scale s (the
+    #    system is linear in G: this keeps the conjugate gradients' squares in range for |x| ~ 1e30)
     if OUT_KIND == OUT_SORT:
         ds = tl.load(DOUT + rows64[:, None] * m + jj[None, :], mask=gmask, other=0.0).to(tl.float32)
-        Gc = nf * x[:, None, :] * ds[:, :, None]
+        xr = tl.where(pos, hi[:, None], tl.where(neg, lo[:, None], x))  # what the sorted values read
+        Gc = nf * (xr / s[:, None])[:, None, :] * ds[:, :, None]
+        gunit = s
     elif OUT_KIND == OUT_RANK:
         dr = tl.load(DOUT + rows64[:, None] * n + ii[None, :], mask=nmask, other=0.0).to(tl.float32)
         Gc = nf * dr[:, None, :] * jf[None, :, None]
+        gunit = tl.full((ROWS,), 1.0, dtype=tl.float32)
     else:
         ptr, pmask = _plan_columns(DOUT, rows64, ii, jj, nmask, jmask, n, m, ncol, col0, FLIP)
         Gc = nf * tl.load(ptr, mask=pmask, other=0.0).to(tl.float32)
+        gunit = tl.full((ROWS,), 1.0, dtype=tl.float32)
     Gc = tl.where(valid, Gc, 0.0)
     GT = Gc * T
     u = tl.sum(GT, axis=1)                       # [ROWS, BLOCK_N]
@@ -342,18 +392,23 @@ def _sinkhorn_bwd_kernel(
     dz = 2.0 * (z * tl.sum(dC, axis=1) - tl.sum(dC * t[None, :, None], axis=1))
     dz = tl.where(nmask, dz, 0.0)
     if SQUASH:
-        mu_x = tl.sum(tl.where(nmask, x, 0.0), axis=1) / n
-        xc = tl.where(nmask, x - mu_x[:, None], 0.0)
-        sd = tl.sqrt(tl.sum(xc * xc, axis=1) / n)
-        sc = sd + STD_EPS
-        dy = tl.where(nmask, dz * z * (1.0 - z), 0.0)
-        dsd = tl.where(sd[:, None] > 0, xc / (nf * tl.where(sd > 0, sd, 1.0))[:, None], 0.0)
-        dx = (dy - (tl.sum(dy, axis=1) / n)[:, None]) / sc[:, None] \
+        # over the kept entries, in units of s (as the forward's squash): dx = dxs / s, 0 at +-inf
+        dy = tl.where(keep, dz * z * (1.0 - z), 0.0)
+        dsd = tl.where(sd[:, None] > 0, xc / (nk * tl.where(sd > 0, sd, 1.0))[:, None], 0.0)
+        dxs = (dy - (tl.sum(dy, axis=1) / nk)[:, None]) / sc[:, None] \
             - (tl.sum(dy * xc, axis=1) / (sc * sc))[:, None] * dsd
+        dx = tl.where(keep, dxs * (gunit / s)[:, None], 0.0)
     else:
-        dx = dz
+        dx = tl.where(keep, dz * gunit[:, None], 0.0)
     if OUT_KIND == OUT_SORT:
-        dx = dx + nf * tl.sum(T * ds[:, :, None], axis=1)
+        # the direct term n T ds; an infinity's share goes to the finite extreme it reads (split among ties)
+        dxr = nf * tl.sum(T * ds[:, :, None], axis=1)
+        at_hi = keep & (x == hi[:, None])
+        at_lo = keep & (x == lo[:, None])
+        hi_share = tl.sum(tl.where(pos, dxr, 0.0), axis=1) / tl.maximum(tl.sum(at_hi.to(tl.float32), axis=1), 1.0)
+        lo_share = tl.sum(tl.where(neg, dxr, 0.0), axis=1) / tl.maximum(tl.sum(at_lo.to(tl.float32), axis=1), 1.0)
+        dx = dx + tl.where(keep, dxr, 0.0) + tl.where(at_hi, hi_share[:, None], 0.0) \
+            + tl.where(at_lo, lo_share[:, None], 0.0)
     tl.store(DX + rows64[:, None] * n + ii[None, :], dx, mask=nmask)
 
 
@@ -386,8 +441,8 @@ def supports(n: int, m: int) -> bool:
 
 @on_tensor_device
 def sinkhorn_fwd(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=None, logb=None):
-    """Run the fused forward. Returns ``(out, z, f, g)``; ``out`` may be passed pre-allocated,
-    ``logb`` (float32 ``log b``) precomputed."""
+    """Run the fused forward. Returns ``(out, z, f, g, err)`` (``err [R]``: each row's plan marginal
+    error, float32); ``out`` may be passed pre-allocated, ``logb`` (float32 ``log b``) precomputed."""
     R, n = x.shape
     m = b.shape[0]
     rows, block_n, block_m, num_warps = _launch_config(n, m)
@@ -399,24 +454,30 @@ def sinkhorn_fwd(x, *, kind, k, b, epsilon, max_iter, threshold, squash, out=Non
     z = torch.empty(R, n, device=dev, dtype=torch.float32)
     f = torch.empty(R, n, device=dev, dtype=torch.float32)
     g = torch.empty(R, m, device=dev, dtype=torch.float32)
+    err = torch.empty(R, device=dev, dtype=torch.float32)
     if out is None:
         out = torch.empty((R,) + suffix, device=dev, dtype=torch.float32)
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise ValueError("out must be a contiguous float32 tensor")
     logb = aligned(b.to(torch.float32).log() if logb is None else logb)
     grid = (cdiv(R, rows),)
+    eps0, anneal_iters = _reference.anneal_schedule(epsilon)
     if R > 0:
-        # squashed inputs give costs <= 1: the iteration domain follows from epsilon alone
+        # squashed inputs give costs <= 1: the iteration domain follows from epsilon alone; epsilon
+        # scaling runs in the log domain
         domain = (1 if 1.0 <= SCALING_MAX * float(epsilon) else 0) if squash else 2
+        if anneal_iters:
+            domain = 0
         _sinkhorn_fwd_kernel[grid](
-            address(xf), address(z), address(f), address(g), address(out), address(logb),
+            address(xf), address(z), address(f), address(g), address(out), address(logb), address(err),
             R, n, m, ncol, col0, float(epsilon), float(threshold), int(max_iter), float(SCALING_MAX),
+            float(eps0), math.log(_reference.ANNEAL_DECAY), int(anneal_iters),
             X_DTYPE=TL_DTYPES[xf.dtype], SQUASH=bool(squash), INIT_SORT=_reference.uses_sort_init(kind, k, n),
             OUT_KIND=out_kind, FLIP=flip,
             DOMAIN=domain, ROWS=rows, BLOCK_N=block_n, BLOCK_M=block_m, num_warps=num_warps,
         )
     dt = x.dtype
-    return out.to(dt), z.to(dt), f.to(dt), g.to(dt)
+    return out.to(dt), z.to(dt), f.to(dt), g.to(dt), err
 
 
 @on_tensor_device
@@ -450,9 +511,10 @@ def sinkhorn_bwd(grad, x, z, f, g, b, *, kind, k, epsilon, squash, logb=None):
 def aot_variants():
     """Every constexpr variant the launchers use, with representative block shapes."""
     fwd_sig = {
-        "X": "i64", "Z": "i64", "F": "i64", "G": "i64", "OUT": "i64", "LOGB": "i64",
+        "X": "i64", "Z": "i64", "F": "i64", "G": "i64", "OUT": "i64", "LOGB": "i64", "ERR": "i64",
         "R": "i32", "n": "i32", "m": "i32", "ncol": "i32", "col0": "i32",
         "eps": "fp32", "threshold": "fp32", "max_iter": "i32", "scaling_max": "fp32",
+        "eps0": "fp32", "ln_decay": "fp32", "anneal_iters": "i32",
     }
     bwd_sig = {
         "DOUT": "i64", "X": "i64", "Z": "i64", "F": "i64", "G": "i64", "LOGB": "i64", "DX": "i64",
@@ -470,7 +532,9 @@ def aot_variants():
         out_kind, flip, _, _ = op.readout(n, k)
         for squash in (True, False):
             tag = f"{kind}_n{n}_k{k}_{'sq' if squash else 'nosq'}"
-            for domain in ((0, 1) if squash else (2,)):
+            # squashed: the log or scaling domain from epsilon; unsquashed: per tile (2), or the log domain
+            # (0) while epsilon scaling
+            for domain in ((0, 1) if squash else (0, 2)):
                 cf = dict(zip(fwd_const, (tl.float32, squash, _reference.uses_sort_init(kind, k, n), out_kind, flip,
                                           domain, rows, bn, bm)))
                 variants.append((f"sinkhorn_fwd_{tag}_domain{domain}", _sinkhorn_fwd_kernel,

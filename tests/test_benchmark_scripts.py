@@ -43,7 +43,9 @@ def test_gpu_bench_smoke():
                                                                                                cells[-1]):
             diffs.append((cells[0], cells[1], float(cells[-1])))
     assert len(diffs) >= 8, out  # (a) 3, (b) 2, (d) 3 rows compare with a reference
-    bad = [d for d in diffs if d[2] > 1e-4]
+    # on CPU the 'triton' rows run backend='auto', i.e. the compiled CPU kernels: a real second
+    # implementation, whose bf16 loss may round to the neighbouring bf16 value (one ulp = 2**-7 relative)
+    bad = [d for d in diffs if d[2] > (2.0 ** -7 if "bf16" in d[0] else 1e-4)]
     assert not bad, bad
 
 

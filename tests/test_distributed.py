@@ -1,0 +1,81 @@
+"""``TopKCrossEntropyLoss`` under ``torch.nn.parallel.DistributedDataParallel``.
+
+Two CPU processes (gloo, ``torch.multiprocessing.spawn``, a free local port) each take half of a global
+batch; DDP averages their gradients, which must equal the gradients of one process on the whole
+batch (the loss is a per-row mean, and both halves have the same size).  One spawn covers several
+methods, with and without top-m preselection.  Cost: two fresh interpreters importing torch and
+fastsort, ~10-20 s on a loaded 2-core machine.
+"""
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastsort
+
+B, F, C = 8, 6, 12
+WORLD = 2
+CONFIGS = [  # (method, m, inverse_temperature)
+    ("bitonic", None, 2.0),
+    ("bitonic", 6, 2.0),
+    ("odd_even", 6, 2.0),
+    ("neuralsort", 6, 2.0),
+    ("sinkhorn", 6, 10.0),
+]
+P_K = [0.5, 0.0, 0.5]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(B, F, generator=g), torch.randint(0, C, (B,), generator=g)
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(F, 16), torch.nn.Tanh(), torch.nn.Linear(16, C))
+
+
+def _grads(model, crit, x, y):
+    model.zero_grad(set_to_none=True)
+    crit(model(x), y).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _worker(rank, port, out_dir):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    try:
+        x, y = _data()
+        shard = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
+        result = []
+        for i, (method, m, it) in enumerate(CONFIGS):
+            model = torch.nn.parallel.DistributedDataParallel(_model(i))
+            crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it)
+            result.append(_grads(model, crit, x[shard], y[shard]))
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gradients_equal_a_single_process(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    x, y = _data()
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for i, (method, m, it) in enumerate(CONFIGS):
+        crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it)
+        single = _grads(_model(i), crit, x, y)
+        for r in range(WORLD):  # every rank holds the averaged gradient
+            for g_ddp, g_one in zip(per_rank[r][i], single):
+                torch.testing.assert_close(g_ddp, g_one, rtol=1e-5, atol=1e-6,
+                                           msg=lambda s: f"{method}, m={m}, rank {r}: {s}")
