@@ -19,13 +19,14 @@ from .losses import TopKCrossEntropyLoss, topk_cross_entropy
 from .networks import get_network
 from .registry import METHODS
 from .relaxations import DISTRIBUTIONS
-from .sinkhorn import SinkhornConvergenceWarning
+from .sinkhorn import SinkhornConvergenceError, SinkhornConvergenceWarning
 
 __all__ = [
     "__version__",
     "METHODS",
     "DISTRIBUTIONS",
     "SinkhornConvergenceWarning",
+    "SinkhornConvergenceError",
     "soft_sort",
     "soft_topk",
     "soft_rank",
