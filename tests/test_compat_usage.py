@@ -325,10 +325,13 @@ def test_diffsort_main_steps(method, n, steepness, distribution):
     steepness=..., art_lambda=...)``, scores ``model(data).squeeze(2)``, ``BCELoss`` of the permutation
     matrix against ``one_hot(argsort(targets)).transpose(-2, -1)``, Adam ``lr = 10 ** -3.5``; a linear
     scorer on batches of 20 synthetic 28x28 digits (the script's CNN at batch 100)."""
+    # logistic_phi's slope is unbounded at d = 0, so two correct float32 implementations (the reference's
+    # dense products, fastsort's CPU kernels) differ by percents on single gradient entries: compare in float64
+    dtype = torch.float64 if distribution == "logistic_phi" else torch.float32
     g = torch.Generator().manual_seed(n)
-    data = [(torch.rand(20, n, 28 * 28, generator=g), torch.rand(20, n, generator=g)) for _ in range(3)]
+    data = [(torch.rand(20, n, 28 * 28, generator=g, dtype=dtype), torch.rand(20, n, generator=g)) for _ in range(3)]
     torch.manual_seed(0)
-    model = torch.nn.Linear(28 * 28, 1)
+    model = torch.nn.Linear(28 * 28, 1).to(dtype)
     runs = {}
     for lib, (ds, _) in LIBS.items():
         sorter = ds.DiffSortNet(sorting_network_type=method, size=n, device="cpu", steepness=steepness,
@@ -339,7 +342,7 @@ def test_diffsort_main_steps(method, n, steepness, distribution):
         for x, targets in data:
             outputs = m(x).squeeze(2)
             _, perm_prediction = sorter(outputs)
-            perm_ground_truth = torch.nn.functional.one_hot(torch.argsort(targets, dim=-1)).transpose(-2, -1).float()
+            perm_ground_truth = torch.nn.functional.one_hot(torch.argsort(targets, dim=-1)).transpose(-2, -1).to(dtype)
             loss = torch.nn.BCELoss()(perm_prediction, perm_ground_truth)
             optim.zero_grad()
             loss.backward()
