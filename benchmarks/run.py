@@ -552,17 +552,6 @@ def git_state():
     return dict(commit=commit, dirty=None if status is None else bool(status))
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_header(argv, device: str, cfg: dict) -> dict:
     import torch
 
@@ -580,8 +569,10 @@ def machine_header(argv, device: str, cfg: dict) -> dict:
         load = os.getloadavg()[0]
     except OSError:
         load = None
+    from fastsort.demo.train import cpu_name  # one CPU-name probe, shared with the demo's machine header
+
     return dict(
-        cpu=cpu_model(), logical_cores=os.cpu_count(), usable_cores=affinity, load_avg_1min=load, gpu=gpu,
+        cpu=cpu_name(), logical_cores=os.cpu_count(), usable_cores=affinity, load_avg_1min=load, gpu=gpu,
         device=device, python=platform.python_version(), platform=platform.platform(),
         torch=torch.__version__, torch_threads=cfg.get("threads") or torch.get_num_threads(),
         triton=dist_version("triton"), numba=dist_version("numba"),

@@ -226,3 +226,14 @@ def nan_filled_allocations(module):
     for g in guards:
         written = (~torch.isnan(g)).sum().item()
         assert written == 0, f"a kernel wrote {written} elements through a 0-element placeholder buffer"
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """``torch``'s default dtype set to ``dtype`` inside the block (the references build their tensors in it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

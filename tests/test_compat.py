@@ -48,7 +48,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
-from helpers import alpha_ref, assert_close  # alpha_ref: the tests' one reference of the relaxations
+from helpers import alpha_ref, assert_close, default_dtype  # alpha_ref: the tests' one reference of the relaxations
 
 try:
     import diffsort
@@ -86,14 +86,6 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def as_double(net):

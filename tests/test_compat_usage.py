@@ -41,7 +41,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
-from helpers import assert_close, dense_network
+from helpers import assert_close, dense_network, default_dtype
 
 diffsort = pytest.importorskip("diffsort")
 with contextlib.redirect_stdout(io.StringIO()):  # difftopk prints when torch_sparse is missing
@@ -194,14 +194,6 @@ def make_loss(lib: str, method: str, it, p_k, n, m, distribution, art_lambda, to
                                    top1_mode=top1_mode)
 
 
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def in_dtype(loss_fn, dtype):

@@ -256,7 +256,8 @@ def format_table(runs: Sequence[RunResult], init: Optional[RunResult] = None) ->
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -281,7 +282,7 @@ def machine_info(device: torch.device) -> Dict[str, object]:
     """Where the numbers were measured: CPU (and GPU) name, torch and fastsort versions, git commit."""
     import fastsort
 
-    info: Dict[str, object] = {"cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(),
+    info: Dict[str, object] = {"cpu": cpu_name(), "cpu_threads": torch.get_num_threads(),
                                "device": str(device), "gpu": None, "python": platform.python_version(),
                                "torch": torch.__version__, "fastsort": fastsort.__version__,
                                "commit": _git_commit()}
