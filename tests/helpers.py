@@ -237,3 +237,13 @@ def default_dtype(dtype):
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+def one_thread():
+    """Generator for a module-scoped autouse fixture: torch runs on one intra-op thread inside (the compat
+    tests' matrices are tiny, threads only cost time and stall on a busy machine; train_imagenet.py does
+    the same).  Use as ``_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -48,7 +48,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
-from helpers import alpha_ref, assert_close, default_dtype  # alpha_ref: the tests' one reference of the relaxations
+from helpers import alpha_ref, assert_close, default_dtype, one_thread  # alpha_ref: the tests' one reference of the relaxations
 
 try:
     import diffsort
@@ -77,13 +77,7 @@ def _needs_oracle(request):
         pytest.skip("needs the oracles diffsort==0.2.0 and difftopk==0.2.0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: intra-op threads only cost time (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 

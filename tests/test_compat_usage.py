@@ -41,7 +41,7 @@ import torch
 
 from fastsort.compat import diffsort as fs_diffsort
 from fastsort.compat import difftopk as fs_difftopk
-from helpers import assert_close, dense_network, default_dtype
+from helpers import assert_close, dense_network, default_dtype, one_thread
 
 diffsort = pytest.importorskip("diffsort")
 with contextlib.redirect_stdout(io.StringIO()):  # difftopk prints when torch_sparse is missing
@@ -63,13 +63,7 @@ F32_GRAD = dict(rtol=1e-4, atol_of_max=1e-5)
 LIBS = {"reference": (diffsort, difftopk), "fastsort": (fs_diffsort, fs_difftopk)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """train_imagenet.py's ``torch.set_num_threads(1)``; small matrices only lose time to threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
 # --------------------------------------------------------------------------- README snippets, verbatim
