@@ -52,27 +52,20 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from .._dispatch import _numba_status as numba_status  # the one "does numba import here" check
+
 try:
     import numba
     from numba import prange
-
-    _IMPORT_ERROR: Optional[str] = None
-except Exception as e:  # pragma: no cover - depends on the platform
+except Exception:  # pragma: no cover - depends on the platform; numba_status() says why
     numba = None
     prange = range
-    _IMPORT_ERROR = f"numba does not import ({type(e).__name__}: {e})"
 
 __all__ = ["isotonic_fwd", "isotonic_bwd", "numba_status", "OP_CODES", "REG_CODES"]
 
 #: integer codes of the operators and regularizations, as the kernels take them
 OP_CODES = {"sort": 0, "rank": 1, "topk_mask": 2}
 REG_CODES = {"l2": 0, "kl": 1}
-
-
-@functools.lru_cache(maxsize=None)
-def numba_status() -> Optional[str]:
-    """None when the numba kernels can run here, else why not (checked once)."""
-    return _IMPORT_ERROR
 
 
 def _jit(parallel: bool = False):
