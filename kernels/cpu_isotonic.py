@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
