@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ._kernel_op import KernelOp
+from ._validate import reduce_loss
 from .networks import get_network
 
 #: the fused kernel serves top-m preselection up to this many wires
@@ -31,12 +32,6 @@ _KERNEL_MODULES = {"triton": "fastsort.kernels.topk_loss", "numba": "fastsort.ke
 
 def _kernels(backend: str):
     return importlib.import_module(_KERNEL_MODULES[backend])  # on first use: no triton / numba import before
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
 
 
 def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str,
@@ -50,7 +45,7 @@ def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, 
                                              m, mode, p_first, p_rest, need_grad)
     # copy=True: with reduction "none" the loss would otherwise be a view of ``out`` (outputs of a
     # custom op may not alias each other)
-    return _reduce(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none"), out, idx
+    return reduce_loss(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none"), out, idx
 
 
 def _forward_fake(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,

@@ -98,6 +98,15 @@ def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_class
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """A per-row loss ``[B]`` reduced by ``mean``, ``sum`` or ``none``."""
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
 def check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

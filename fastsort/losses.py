@@ -41,7 +41,8 @@ import torch
 
 from ._dispatch import choose_backend
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
-from ._validate import REDUCTIONS, as_int, as_positive, as_real, check_logits_labels, check_p_k, check_reduction
+from ._validate import (REDUCTIONS, as_int, as_positive, as_real, check_logits_labels, check_p_k, check_reduction,
+                        reduce_loss)
 from .functional import autocast_off
 from .networks import NetworkMethod
 from .registry import METHODS
@@ -49,15 +50,6 @@ from .registry import METHODS
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
 
 TOP1_MODES = ("sm", "smce", "sort")
-
-
-def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    """A per-row loss ``[B]`` reduced by ``mean``, ``sum`` or ``none``."""
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
 
 
 def check_ignore_index(ignore_index) -> Optional[int]:
