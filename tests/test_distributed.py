@@ -9,6 +9,7 @@ fastsort, ~10-20 s on a loaded 2-core machine.
 import datetime
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -55,7 +56,7 @@ def _worker(rank, port, out_dir):
         result = []
         for i, (method, m, it) in enumerate(CONFIGS):
             model = torch.nn.parallel.DistributedDataParallel(_model(i))
-            crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it)
+            crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it, backend="torch")
             result.append(_grads(model, crit, x[shard], y[shard]))
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -69,11 +70,18 @@ def _free_port():
 
 
 def test_ddp_gradients_equal_a_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    # a deadline instead of join=True: a stuck worker fails the test instead of hanging the suite
+    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            raise AssertionError("DDP workers did not finish within 300 s")
     x, y = _data()
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for i, (method, m, it) in enumerate(CONFIGS):
-        crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it)
+        crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it, backend="torch")
         single = _grads(_model(i), crit, x, y)
         for r in range(WORLD):  # every rank holds the averaged gradient
             for g_ddp, g_one in zip(per_rank[r][i], single):
