@@ -41,7 +41,7 @@ and block values are float64 (``x / eps`` rounded to float32 as torch does).
 Compiled once on first use and cached on disk by numba (``cache=True``);
 :func:`numba_status` tells the dispatcher whether numba imports at all.
 Threads: numba's own pool (``numba.get_num_threads()``); calls of fewer than
-``SERIAL_ELEMS`` elements, or of one row, run on the calling thread.
+``SERIAL_ELEMS`` elements (backward: ``SERIAL_ELEMS_BWD``), or of one row, run on the calling thread.
 """
 from __future__ import annotations
 
@@ -166,18 +166,18 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
     """PAV and the outputs of row ``r`` whose stable sort is ``idx`` (int32 ``[n]``); the arrays after
     ``log_rho`` (``log(n - i)``, for the kl ranks' singletons) are per-thread scratch."""
     n = x.shape[1]
-    for j in range(n):
+    for j in range(n):  # the sorted values, and each one's value as a block of its own (for the pushes)
         v = x[r, idx[j]]
-        s[j] = v * np.float32(c) if op != 0 else -v
-    for j in range(n):  # every element's value as a block of its own, for the pushes
+        sj = v * np.float32(c) if op != 0 else -v
+        s[j] = sj
         if reg == 1:
-            bval[j] = s[j] - log_rho[j] if op == 1 else (n - j) * c - s[j]
+            bval[j] = sj - log_rho[j] if op == 1 else (n - j) * c - sj
         elif op == 1:
-            bval[j] = s[j] - (n - j)
+            bval[j] = sj - (n - j)
         elif op == 2:
-            bval[j] = s[j] - (1.0 if j < k else 0.0)
+            bval[j] = sj - (1.0 if j < k else 0.0)
         else:
-            bval[j] = (n - j) * c - s[j]
+            bval[j] = (n - j) * c - sj
     # PAV: block b of the stack covers sorted positions bfirst[b] .. bfirst[b + 1] - 1 (the top: .. i).
     # kl blocks keep their sum of exponentials scaled by their first (largest) element, so a pool costs
     # one exp (two for the sort's geometric series) and a value one log, and nothing overflows.
@@ -208,25 +208,28 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
         e = bfirst[b + 1] - 1 if b < top else n - 1
         cnt = e - f + 1.0
         a = acc[b]
-        # each output in a form without cancellation of large terms (n / eps, |x| / eps)
+        # each output in a form without cancellation of large terms (n / eps, |x| / eps); with a
+        # gradient, the saved sigma, block end and weight in the same pass
         if reg == 0:
-            q = 1.0 / cnt
+            q = np.float32(1.0 / cnt)
             mean_s = a / cnt
             if op == 0:  # v_B - rho_j / eps = (j - mean position) / eps - mean(s_B)
                 base = -(f + e) / 2.0 * c - mean_s
                 for j in range(f, e + 1):
                     out[r, j] = base + j * c
-            elif op == 1:  # s_j - v_B = (s_j - mean(s_B)) + mean(rho_B)
-                base = n - (f + e) / 2.0 - mean_s
+            else:  # rank: (s_j - mean(s_B)) + mean(rho_B); top-k: (s_j - mean(s_B)) + mean(w_B)
+                # (s_j - mean(s_B)) first: both are of size |x| / eps, the weights' mean of size n or 1
+                if op == 1:
+                    mean_w = n - (f + e) / 2.0
+                else:
+                    mean_w = max(min(e, k - 1) - f + 1.0, 0.0) / cnt
                 for j in range(f, e + 1):
-                    out[r, idx[j]] = base + s[j]
-            else:  # top-k: (s_j - mean(s_B)) + mean(w_B)
-                base = max(min(e, k - 1) - f + 1.0, 0.0) / cnt - mean_s
-                for j in range(f, e + 1):
-                    out[r, idx[j]] = base + s[j]
+                    out[r, idx[j]] = (s[j] - mean_s) + mean_w
             if need_grad:
                 for j in range(f, e + 1):
                     q_out[r, j] = q
+                    last_out[r, j] = e
+                    perm_out[r, j] = idx[j]
         else:
             sf = s[f]
             if op == 0:  # LSE(rho_B / eps) - rho_j / eps - LSE(s_B) = (j - f) / eps + log(G_B / S_B) - s_f
@@ -236,6 +239,8 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                 if need_grad:
                     for j in range(f, e + 1):
                         q_out[r, j] = math.exp(s[j] - sf) / a  # softmax(s_B)_j
+                        last_out[r, j] = e
+                        perm_out[r, j] = idx[j]
             else:  # kl ranks: exp(s_j - v_B) = q_j sum(rho_B)
                 w_b = cnt * (n - (f + e) / 2.0)
                 for j in range(f, e + 1):
@@ -243,12 +248,8 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                     out[r, idx[j]] = q * w_b
                     if need_grad:
                         q_out[r, j] = q
-        if need_grad:
-            for j in range(f, e + 1):
-                last_out[r, j] = e
-    if need_grad:
-        for j in range(n):
-            perm_out[r, j] = idx[j]
+                        last_out[r, j] = e
+                        perm_out[r, j] = idx[j]
     if has_nan:  # NaN in, NaN out (and NaN weights: NaN gradients)
         for j in range(n):
             out[r, j] = np.nan
@@ -354,13 +355,17 @@ def _check_available() -> None:
         raise RuntimeError(f"fastsort: the numba kernels cannot run: {problem}")
 
 
-#: below this many elements a call runs on the calling thread: waking numba's pool costs more
+#: below this many elements a forward runs on the calling thread: waking numba's pool costs more
+#: (~10 us with spinning OpenMP threads, ~60-80 us with ``OMP_WAIT_POLICY=PASSIVE``, against ~20 ns
+#: per element of forward work)
 SERIAL_ELEMS = 16384
+#: the same for the backward, ~3 ns per element
+SERIAL_ELEMS_BWD = 65536
 
 
-def _chunks(R: int, n: int) -> int:
+def _chunks(R: int, n: int, backward: bool = False) -> int:
     """Chunks of rows for ``prange`` (0: run serially): a few per thread, each reusing its scratch."""
-    if R * n < SERIAL_ELEMS or R == 1:
+    if R * n < (SERIAL_ELEMS_BWD if backward else SERIAL_ELEMS) or R == 1:
         return 0
     threads = numba.get_num_threads()
     return 0 if threads == 1 else min(R, 4 * threads)
@@ -382,17 +387,17 @@ def isotonic_fwd(x: torch.Tensor, op: str, regularization: str, strength: float,
                          f"on {x.device}")
     x = x.contiguous()
     R, n = x.shape
-    out = torch.empty((R, n), dtype=torch.float32)
+    # numpy allocations wrapped as tensors: a third of the cost of torch.empty + .numpy() at small sizes
+    out_a = np.empty((R, n), np.float32)
+    out = torch.from_numpy(out_a)
     if need_grad:
-        perm = torch.empty((R, n), dtype=torch.int32)
-        last = torch.empty((R, n), dtype=torch.int32)
-        q = torch.empty((R, n), dtype=torch.float32)
-        arrays = (perm.numpy(), last.numpy(), q.numpy())
+        arrays = (np.empty((R, n), np.int32), np.empty((R, n), np.int32), np.empty((R, n), np.float32))
+        perm, last, q = (torch.from_numpy(a) for a in arrays)
     else:
         perm, last, q = x.new_empty(0, dtype=torch.int32), x.new_empty(0, dtype=torch.int32), x.new_empty(0)
         arrays = (np.empty((0, 0), np.int32), np.empty((0, 0), np.int32), np.empty((0, 0), np.float32))
     if R and n:
-        args = (x.numpy(), out.numpy(), *arrays, OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength),
+        args = (x.numpy(), out_a, *arrays, OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength),
                 int(k), bool(need_grad), _log_rho(n))
         chunks = _chunks(R, n)
         if chunks:
@@ -406,13 +411,14 @@ def isotonic_bwd(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tensor, q: 
                  regularization: str, strength: float) -> torch.Tensor:
     """``dL/dx [R, n]`` from ``dL/dout`` and what :func:`isotonic_fwd` saved."""
     _check_available()
-    g = grad.to(torch.float32).contiguous()
+    g = grad if grad.dtype == torch.float32 and grad.is_contiguous() else grad.to(torch.float32).contiguous()
     R, n = q.shape
-    dx = torch.empty((R, n), dtype=torch.float32)
+    dx_a = np.empty((R, n), np.float32)
+    dx = torch.from_numpy(dx_a)
     if R and n:
-        args = (g.numpy(), perm.contiguous().numpy(), last.contiguous().numpy(), q.contiguous().numpy(), dx.numpy(),
+        args = (g.numpy(), perm.contiguous().numpy(), last.contiguous().numpy(), q.contiguous().numpy(), dx_a,
                 OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength))
-        chunks = _chunks(R, n)
+        chunks = _chunks(R, n, backward=True)
         if chunks:
             _backward_parallel(*args, chunks)
         else:

@@ -591,14 +591,8 @@ def _backends(method):
 _STAND_IN_SORT = ("the permutahedron's soft sort mixes every entry: the finite stand-ins functional.py uses for "
                   "+-inf pull the finite sorted positions towards them; Permutahedron needs native_infinities "
                   "(soft-sort the finite entries alone, the infinities at the ends)")
-_ISOTONIC_CANCEL = ("kernels/cpu_isotonic.py writes a rank / mask as (mean(rho_B) - mean(s_B)) + s_j, which cancels "
-                    "to 0 once |x| / eps > ~1e17 (float64; every rank and mask 0 at |x| = 1e20); (s_j - mean(s_B)) "
-                    "+ mean(rho_B) does not; the torch reference and the Triton kernel are right")
-KNOWN = {**{("permutahedron", be, "sort", case): _STAND_IN_SORT for be in ("torch", "triton", "numba")
-            for case in ("neg_inf", "pos_inf", "both_inf")},
-         **{("permutahedron", "numba", op, case): _ISOTONIC_CANCEL
-            for op, case in (("rank", "mag_1e30"), ("rank", "neg_inf"), ("rank", "pos_inf"), ("rank", "both_inf"),
-                             ("topk_mask", "mag_1e30"), ("topk_mask", "pos_inf"), ("topk_mask", "both_inf"))}}
+KNOWN = {("permutahedron", be, "sort", case): _STAND_IN_SORT for be in ("torch", "triton", "numba")
+         for case in ("neg_inf", "pos_inf", "both_inf")}
 
 
 def _param(method, backend, op, case):
