@@ -9,6 +9,7 @@ validation, and passes the result to the method.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import warnings
@@ -150,6 +151,20 @@ def _auto_picks_numba() -> bool:
     warnings.warn(f"fastsort: {_numba_status()}; CPU tensors use the (slower) torch backend; "
                   "pip install numba to get the compiled CPU kernels", RuntimeWarning, stacklevel=2)
     return False
+
+
+def finite_on_host(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a CPU tensor outside ``torch.compile`` that holds no infinity and no NaN: the
+    test that lets an op skip its special-value handling.  Decided on the host, where that costs no
+    device sync (on a GPU it would cost one per call, and under compile a graph break): a finite sum
+    means no ``inf`` and no NaN (one reduction, ~15x cheaper than ``isinf(x).any()``, which allocates
+    a mask); a sum that is not finite (an infinity, a NaN, or finite values overflowing it) falls
+    back to the exact check.  False whenever it cannot tell cheaply."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if math.isfinite(x.detach().sum().item()):
+        return True
+    return bool(torch.isfinite(x).all())
 
 
 def choose_backend(x: torch.Tensor, backend: str, kernels: Tuple[str, ...] = ("triton",),

@@ -19,12 +19,13 @@ Special values (docs/design.md, "Conventions and layouts"), the same for every m
   ``+inf`` at the ``b`` highest positions of a row with ``a`` / ``b`` of them, and
   the infinite entries get the extreme ranks.  Methods that handle infinities
   themselves (NeuralSort, SoftSort: exactly, as the limit of an ever larger
-  value; Sinkhorn: its squash sends them to the ends of the targets) see them as
-  they are; the others (the networks, the permutahedron) compute with finite
-  stand-ins beyond the row's finite range (:func:`finite_stand_ins`), far enough
-  that every comparator against one is exactly 0 or 1, so with a network an
-  infinity has weight exactly 0 on every finite position.  Infinite entries get
-  zero gradient.
+  value; Sinkhorn: its squash sends them to the ends of the targets; the
+  permutahedron's soft sort: the finite entries projected alone, no isotonic
+  block pooling across an infinity) see them as they are; the others (the
+  networks, the permutahedron's ranks and mask) compute with finite stand-ins
+  beyond the row's finite range (:func:`finite_stand_ins`), far enough that every
+  comparator against one is exactly 0 or 1, so with a network an infinity has
+  weight exactly 0 on every finite position.  Infinite entries get zero gradient.
 
 The ops compute in float32 (float64 kept) with ``torch.autocast`` switched off
 inside them, whatever autocast region they are called in; results come back in
@@ -38,7 +39,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ._dispatch import choose_backend
+from ._dispatch import choose_backend, finite_on_host
 from ._validate import as_int, check_input, check_k, compute_dtype
 from .method import Method
 from .registry import METHODS
@@ -61,27 +62,11 @@ def autocast_off(x):
     return contextlib.nullcontext()
 
 
-def _host_check(x: torch.Tensor) -> bool:
-    """Whether a data-dependent shortcut is free here: a CPU tensor outside ``torch.compile`` (on a GPU it
-    would cost a device sync per call, and under compile a graph break)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-def _no_infinity(x: torch.Tensor) -> bool:
-    """Whether CPU tensor ``x`` surely holds no infinity, decided on the host: a finite sum means no
-    ``inf`` and no NaN (one reduction, ~15x cheaper than ``isinf(x).any()``, which allocates a mask);
-    a sum that is not finite (an infinity, a NaN, or finite values overflowing it) falls back to
-    the exact check."""
-    if math.isfinite(x.detach().sum().item()):
-        return True
-    return not bool(torch.isinf(x).any())
-
-
 def finite_stand_ins(x: torch.Tensor) -> torch.Tensor:
     """``x [R, n]`` with ``+inf`` / ``-inf`` replaced by ``+-(M + gap)``: ``M`` the row's largest finite
     magnitude, ``gap = max(STAND_IN_GAP, 4 M)`` (at most ``finfo.max / 16``, so sums of two stand-ins stay
-    finite).  For the methods that do not handle infinities themselves (``Method.native_infinities``)."""
-    if _host_check(x) and _no_infinity(x):
+    finite).  For the ops that do not handle infinities themselves (``Method.native_infinities``)."""
+    if finite_on_host(x):
         return x  # the common case, decided on the host where that costs no device sync
     inf = torch.isinf(x)
     big = torch.finfo(x.dtype).max / 16
@@ -95,7 +80,7 @@ def restore_infinities(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Ascending soft sorted values ``y [R, n]`` of ``x [R, n]`` with exactly ``-inf`` at the ``a`` lowest and
     ``+inf`` at the ``b`` highest positions of each row holding ``a`` / ``b`` of them (rows with a NaN are
     left as they are: NaN)."""
-    if _host_check(x) and _no_infinity(x):
+    if finite_on_host(x):
         return y
     n = x.shape[-1]
     j = torch.arange(n, device=x.device)
@@ -130,9 +115,10 @@ def _start(x, method: str, op: str, dim, backend: str, params) -> Tuple[Method, 
     return m, p, x2, lead, be
 
 
-def _rows_for(m: Method, x2: torch.Tensor) -> torch.Tensor:
-    """The rows as method ``m`` sees them: with finite stand-ins for infinities unless it handles them itself."""
-    return x2 if getattr(m, "native_infinities", False) else finite_stand_ins(x2)
+def _rows_for(m: Method, x2: torch.Tensor, op: str) -> torch.Tensor:
+    """The rows as op ``op`` of method ``m`` sees them: with finite stand-ins for infinities unless it
+    handles them itself (:meth:`Method.handles_infinities`)."""
+    return x2 if m.handles_infinities(op) else finite_stand_ins(x2)
 
 
 def _restore(y: torch.Tensor, lead: Tuple[int, ...], dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -174,7 +160,7 @@ def soft_sort(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, descen
     """
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "sort", dim, backend, params)
-        rows = _rows_for(m, x2)
+        rows = _rows_for(m, x2, "sort")
         if descending:  # the method's own descending sort (largest first), restored in ascending order
             return _restore(restore_infinities(m.sort_descending(rows, p, be).flip(-1), x2).flip(-1), lead, dim, x)
         return _restore(restore_infinities(m.sort(rows, p, be), x2), lead, dim, x)
@@ -207,7 +193,7 @@ def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1
         m, p, x2, lead, be = _start(x, method, "topk", dim, backend, params)
         n = x2.shape[-1]
         k = check_k(k, n)
-        return m.topk(_rows_for(m, x2), k, p, be).reshape(lead + (k, n)).to(x.dtype)
+        return m.topk(_rows_for(m, x2, "topk"), k, p, be).reshape(lead + (k, n)).to(x.dtype)
 
 
 def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -229,7 +215,7 @@ def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backen
     """
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "rank", dim, backend, params)
-        return _restore(m.rank(_rows_for(m, x2), p, be), lead, dim, x)
+        return _restore(m.rank(_rows_for(m, x2, "rank"), p, be), lead, dim, x)
 
 
 def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -250,7 +236,7 @@ def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1,
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "permutation", dim, backend, params)
         n = x2.shape[-1]
-        return m.permutation(_rows_for(m, x2), p, be).reshape(lead + (n, n)).to(x.dtype)
+        return m.permutation(_rows_for(m, x2, "permutation"), p, be).reshape(lead + (n, n)).to(x.dtype)
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: int = -1, backend: str = "auto",
@@ -275,4 +261,4 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "topk_mask", dim, backend, params)
         k = check_k(k, x2.shape[-1])
-        return _restore(m.topk_mask(_rows_for(m, x2), k, p, be), lead, dim, x)
+        return _restore(m.topk_mask(_rows_for(m, x2, "topk_mask"), k, p, be), lead, dim, x)

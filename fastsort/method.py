@@ -57,6 +57,15 @@ class Method:
     kernels: Tuple[str, ...] = ()
     #: appended to the error for an unsupported op: why the method cannot give it
     limitation: str = ""
+    #: the ops that see ``+-inf`` entries as they are (``True``: all of them); the others get the finite
+    #: stand-ins of ``fastsort.functional.finite_stand_ins`` (docs/design.md, "Infinities and guaranteed
+    #: ranges")
+    native_infinities: Any = False
+
+    def handles_infinities(self, op: str) -> bool:
+        """Whether op ``op`` takes ``+-inf`` entries itself (:attr:`native_infinities`)."""
+        native = self.native_infinities
+        return native if isinstance(native, bool) else op in native
 
     def __init__(self, name: str):
         self.name = name

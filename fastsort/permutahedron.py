@@ -45,7 +45,12 @@ top-k, whose outputs are unsorted) are::
     sort, l2 and kl:  dx[sigma] = q * bs(g)
 
 so the backward needs ``sigma``, the blocks and ``q``, never autograd through the
-iterations.  ``kl`` ranks are computed as ``o_j = q_j * sum(rho_B)`` and ``q`` as
+iterations.
+
+Infinities.  Ranks and the mask get fastsort's finite stand-ins (docs/design.md,
+"Infinities and guaranteed ranges"); the soft sort sees ``+-inf`` as they are: no
+block pools across an infinite sorted position, so the finite entries are
+projected alone and every infinity is a block of its own with ``q = 0``.  ``kl`` ranks are computed as ``o_j = q_j * sum(rho_B)`` and ``q`` as
 ``exp(s_j - LSE(s_B))``: no exponential of an unbounded value, hence finite
 gradients where torchsort's ``exp(s) / sum(exp(s))`` overflows (its issue #63).
 
@@ -161,7 +166,11 @@ def isotonic_blocks(s: torch.Tensor, op: str, regularization: str, strength: flo
     row0 = (flat // n) * n  # flat index of each element's row start
     A = s.reshape(-1).clone()  # l2: sum(s_B); kl: LSE(s_B) -- one element: s itself
     last = flat.clone()
-    prev = torch.where(flat == row0, -1, flat - 1)
+    # a barrier before an infinite element and after one: the soft sort's infinities stay blocks of
+    # their own and the finite elements are pooled among themselves (module docstring)
+    inf = torch.isinf(A)
+    barrier = (flat == row0) | inf | torch.cat([inf.new_zeros(1), inf[:-1]])
+    prev = torch.where(barrier, -1, flat - 1)
     in_v = torch.zeros(N, dtype=torch.bool, device=dev)
     up = torch.zeros(N, dtype=torch.long, device=dev)
     alive = torch.ones(N, dtype=torch.bool, device=dev)
@@ -197,6 +206,7 @@ def isotonic_blocks(s: torch.Tensor, op: str, regularization: str, strength: flo
         roots = torch.unique(root)
         nxt = last[roots] + 1
         ok = nxt < row0[roots] + n
+        ok = ok & ~barrier[torch.where(ok, nxt, 0)]
         prev[nxt[ok]] = roots[ok]
         q = torch.unique(torch.cat([roots[prev[roots] >= 0], nxt[ok]]))
     return _block_stats(s, alive.view(R, n), op, regularization, strength, k)
@@ -238,6 +248,7 @@ def reference_forward(x: torch.Tensor, op: str, regularization: str, strength: f
         q = 1.0 / (last - first + 1).to(x.dtype)
     else:
         q = torch.exp(s - lse)
+    q = q.masked_fill(torch.isinf(s), 0.0)  # the soft sort's infinities: blocks of their own, no gradient
     out = _outputs(s, first, last, lse, q, op, regularization, strength, k)
     if op != "sort":
         out = torch.empty_like(out).scatter_(-1, perm, out)
@@ -341,6 +352,9 @@ class Permutahedron(Method):
     defaults = {"regularization": "l2", "regularization_strength": 1.0}
     ops = ("sort", "rank", "topk_mask")
     kernels = ("triton", "numba")
+    #: the soft sort projects the finite entries alone (no block pools across an infinity, which ends
+    #: up at its end of the row); ranks and mask work with finite stand-ins
+    native_infinities = ("sort",)
     limitation = ("a projection onto the permutahedron gives soft values and ranks, not a relaxed "
                   "permutation matrix: it has no rows of P to return or to build the top-k loss from")
 

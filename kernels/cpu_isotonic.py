@@ -192,7 +192,9 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
         else:
             acc[top] = 1.0
             geo[top] = 1.0
-        while top > 0 and bval[top - 1] <= bval[top]:
+        if op == 0 and (math.isinf(s[i]) or (i > 0 and math.isinf(s[i - 1]))):
+            continue  # the soft sort's infinities: blocks of their own, no pooling across them
+        while top > 0 and bval[top - 1] <= bval[top] and not (op == 0 and math.isinf(s[bfirst[top] - 1])):
             f0 = bfirst[top - 1]
             f1 = bfirst[top]
             if reg == 0:
@@ -226,6 +228,8 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                 for j in range(f, e + 1):
                     out[r, idx[j]] = (s[j] - mean_s) + mean_w
             if need_grad:
+                if op == 0 and math.isinf(s[f]):  # an infinity of the soft sort: a block of its own, no gradient
+                    q = np.float32(0.0)
                 for j in range(f, e + 1):
                     q_out[r, j] = q
                     last_out[r, j] = e
@@ -238,7 +242,7 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                     out[r, j] = base + j * c
                 if need_grad:
                     for j in range(f, e + 1):
-                        q_out[r, j] = math.exp(s[j] - sf) / a  # softmax(s_B)_j
+                        q_out[r, j] = 0.0 if math.isinf(sf) else math.exp(s[j] - sf) / a  # softmax(s_B)_j
                         last_out[r, j] = e
                         perm_out[r, j] = idx[j]
             else:  # kl ranks: exp(s_j - v_B) = q_j sum(rho_B)

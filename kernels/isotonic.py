@@ -155,13 +155,14 @@ def _isotonic_fwd_kernel(
     tv = _value(ta, tg, tsf, tf, tf, nn, c, kk, OP, REG)
     sa, sg, ssf, sv, sfirst = ta, tg, tsf, tv, tf
     has2 = live & False
+    barred = live & False  # (sort) the top block may not pool: it starts at or just after an infinity
     depth = zero
     i = zero + 1
     active = live & (i < nn)
     while tl.max(active.to(tl.int32), axis=0) > 0:
         for _ in range(STEPS):  # steps between two checks of the loop condition (a reduction)
-            pool = active & has2 & (sv <= tv)  # ties pool too
-            push = active & ~pool
+            pool = active & has2 & (sv <= tv) & ~barred  # ties pool too
+            push = active & ~pool & (i < nn)
             pop = pool & (depth > 0)
             top_of_stack = base + depth
             # pool: the top absorbs the block below it, whose place the next block of the stack takes;
@@ -237,7 +238,11 @@ def _isotonic_fwd_kernel(
             sa, sv, sfirst = n_sa, n_sv, n_sfirst
             depth = depth - pop.to(tl.int64) + spill.to(tl.int64)
             i = i + push.to(tl.int64)
-            active = live & ((has2 & (sv <= tv)) | (i < nn))
+            if OP == 0:  # the soft sort's infinities are blocks of their own: no pool across one
+                x_f = tl.load(XS + base + tf, mask=live, other=0.0)
+                x_l = tl.load(XS + base + tf - 1, mask=live & (tf > 0), other=0.0)
+                barred = (tl.abs(x_f) == float("inf")) | (tl.abs(x_l) == float("inf"))
+            active = live & ((has2 & (sv <= tv) & ~barred) | (i < nn))
 
     # -- flush the two register blocks: the stack then holds all blocks of the row, in order
     top_of_stack = base + depth
@@ -305,6 +310,8 @@ def _isotonic_out_kernel(
             o = (j - f.to(tl.float32)) * c + tl.log(g / a) - sf
         else:  # kl ranks: exp(s_j - v_B) = q_j sum(rho_B)
             o = q * (cnt * (n - (f + e).to(tl.float32) * 0.5))
+    if OP == 0:  # an infinity of the soft sort: a block of its own, no gradient
+        q = tl.where(tl.abs(sj) == float("inf"), 0.0, q)
     bad = tl.load(NAN + rows, mask=mask, other=0) != 0
     o = tl.where(bad, float("nan"), o)
     if OP == 0:

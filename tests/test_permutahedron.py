@@ -354,6 +354,41 @@ def test_nan_rows(op, reg):
             assert_close(grad[[0, 2]], clean_grad, what=backend)
 
 
+@pytest.mark.parametrize("reg", ["l2", "kl"])
+def test_soft_sort_with_infinities_projects_the_finite_entries_alone(reg):
+    """soft_sort of a row with a -inf and b +inf entries: exactly -inf at the a lowest and +inf at the b highest
+    positions, the finite positions the soft sort of the finite entries alone (no isotonic block pools across
+    an infinity), zero gradient at the infinities -- on every backend that runs here, ascending and descending."""
+    x = torch.tensor([[1.0, -math.inf, 3.0, 0.0, 2.0, 0.5],
+                      [math.inf, -1.0, -math.inf, 2.0, math.inf, 0.25],
+                      [-math.inf, -math.inf, 4.0, 4.0, -2.0, math.inf]], dtype=torch.float64)
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    from fastsort._dispatch import interpreter_enabled, triton_available
+
+    triton = ("triton",) if interpreter_enabled() and triton_available() else ()  # its kernels, interpreted
+    for dtype in (torch.float32, torch.float64):
+        for backend in backends_for(dtype) + (triton if dtype == torch.float32 else ()):
+            for descending in (False, True):
+                xd = x.to(dtype).requires_grad_()
+                y = fastsort.soft_sort(xd, "permutahedron", backend=backend, descending=descending,
+                                       regularization=reg, regularization_strength=0.7)
+                (grad,) = torch.autograd.grad((y.nan_to_num(posinf=0.0, neginf=0.0) * g.to(dtype)).sum(), xd)
+                for r in range(3):
+                    fin = torch.isfinite(x[r])
+                    a, b = int((x[r] == -math.inf).sum()), int((x[r] == math.inf).sum())
+                    lo, hi = (b, 6 - a) if descending else (a, 6 - b)
+                    xf = x[r, fin].to(dtype)[None].requires_grad_()
+                    alone = fastsort.soft_sort(xf, "permutahedron", backend=backend, descending=descending,
+                                               regularization=reg, regularization_strength=0.7)
+                    (alone_grad,) = torch.autograd.grad((alone * g[r, lo:hi].to(dtype)).sum(), xf)
+                    what = f"{backend} {dtype} descending={descending} row {r}"
+                    assert bool((y[r, :lo] == (math.inf if descending else -math.inf)).all()), what
+                    assert bool((y[r, hi:] == (-math.inf if descending else math.inf)).all()), what
+                    assert_close(y[r, lo:hi], alone[0], what=what)
+                    assert_close(grad[r, fin], alone_grad[0], what=what)
+                    assert bool((grad[r, ~fin] == 0).all()), what
+
+
 # --------------------------------------------------------------------------- the method's contract
 def test_parameters_are_checked():
     assert METHOD.parse({}) == {"regularization": "l2", "regularization_strength": 1.0}

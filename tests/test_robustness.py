@@ -588,11 +588,7 @@ def _backends(method):
 
 # Known failures of code outside this file's owner, each reported with its fix; strict: a fix makes the
 # test pass, and then the entry must go
-_STAND_IN_SORT = ("the permutahedron's soft sort mixes every entry: the finite stand-ins functional.py uses for "
-                  "+-inf pull the finite sorted positions towards them; Permutahedron needs native_infinities "
-                  "(soft-sort the finite entries alone, the infinities at the ends)")
-KNOWN = {("permutahedron", be, "sort", case): _STAND_IN_SORT for be in ("torch", "triton", "numba")
-         for case in ("neg_inf", "pos_inf", "both_inf")}
+KNOWN = {}  # (method, backend, op, case) -> reason
 
 
 def _param(method, backend, op, case):
