@@ -78,7 +78,10 @@ def import_difftopk():
 def loss_module(lib: str, method: str, C: int = LOSS["C"], m: int = LOSS["m"],
                 inverse_temperature: float = LOSS["inverse_temperature"], device: str = "cpu", backend: str = "auto"):
     """The top-k cross-entropy module of ``lib`` (``fastsort`` or ``difftopk``) with top-m preselection
-    (``m=None``: none); ``backend`` is fastsort's."""
+    (``m=None``: none); ``backend`` is fastsort's.  ``lib="cross_entropy"``: ``torch.nn.CrossEntropyLoss``
+    on the same logits, the floor a top-k loss step is measured against."""
+    if lib == "cross_entropy":
+        return torch.nn.CrossEntropyLoss()
     if lib == "fastsort":
         import fastsort
 

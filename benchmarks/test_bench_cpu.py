@@ -8,7 +8,9 @@ step = clear the input's gradient + forward + backward):
 
 * ``loss m=16 <method>``: ``TopKCrossEntropyLoss``, B = 500, 1000 classes,
   m = 16, P_K = [.5, 0, 0, 0, .5], inverse_temperature = 1; bitonic vs
-  difftopk ``bitonic__non_sparse``, odd-even vs difftopk ``odd_even``;
+  difftopk ``bitonic__non_sparse``, odd-even vs difftopk ``odd_even``, and
+  ``torch.nn.CrossEntropyLoss`` on the same logits (the floor: the goal is
+  fastsort within 2x of it);
 * ``soft_topk full n=1024 B=<b>``: top-5 rows of the full-n bitonic relaxed
   permutation (steepness 10) vs difftopk's dense ``DiffTopkNet``; b is
   ``$FASTSORT_BENCH_FULL_B`` (default 8: difftopk's step costs ~10 s and ~2 GB
@@ -34,7 +36,7 @@ HAVE_DIFFTOPK = cc.import_difftopk() is not None
 LIBS = ["fastsort", pytest.param("difftopk", marks=pytest.mark.skipif(not HAVE_DIFFTOPK, reason="difftopk not installed"))]
 
 
-@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("lib", LIBS + ["cross_entropy"])
 @pytest.mark.parametrize("method", ["bitonic", "odd_even"])
 def test_loss_m16(benchmark, lib, method):
     benchmark.group = f"loss m=16 {method} (B={cc.LOSS['B']}, C={cc.LOSS['C']}, fwd+bwd)"
