@@ -16,7 +16,8 @@ Per row:
    order.  Four passes of 8 bits, each skipped when all keys share that byte:
    ``O(n)``, ~5x faster than numba's ``argsort`` at ``n = 1000`` (6.7 vs 32 ns per
    element), and equal keys keep their input order, as ``torch.sort(stable=True)``
-   of the torch backend.  Rows shorter than ``SHORT_ROW`` are sorted several at a
+   of the torch backend.  Rows of at most ``INSERTION_ROW`` elements are sorted by
+   insertion, each by itself; rows shorter than ``SHORT_ROW`` several at a
    time, the row number as the keys' high bytes (one more pass), so that the
    passes' fixed cost (4 x 256 counters) is shared.
 2. **PAV** with a stack of blocks (the sequential algorithm: push the next
@@ -68,13 +69,15 @@ OP_CODES = {"sort": 0, "rank": 1, "topk_mask": 2}
 REG_CODES = {"l2": 0, "kl": 1}
 
 
-def _jit(parallel: bool = False):
+def _jit(parallel: bool = False, inline: bool = False):
     """``numba.njit(cache=True)`` (compiled on first call, cached on disk); without numba the plain
-    function, which is never called: the launchers check :func:`numba_status` first."""
+    function, which is never called: the launchers check :func:`numba_status` first.  ``inline``: the
+    per-row functions, inlined into their caller's loop (a call passes every array argument with its
+    reference count, ~0.5 us per row of ten arrays: more than the work of a row of 16)."""
     def wrap(fn):
         if numba is None:
             return fn
-        return numba.njit(cache=True, parallel=parallel)(fn)
+        return numba.njit(cache=True, parallel=parallel, inline="always" if inline else "never")(fn)
     return wrap
 
 
@@ -118,7 +121,24 @@ def _radix_argsort(keys, idx, keys2, idx2, count, nbytes):
             idx[i] = src_i[i]
 
 
-@_jit()
+@_jit(inline=True)
+def _insertion_argsort(keys, idx, lo, hi):
+    """Stable insertion sort of ``keys[lo:hi]`` (increasing) carrying ``idx`` along: ``O(n^2)``, but
+    for rows of at most ``INSERTION_ROW`` elements cheaper than the radix passes (about ``n / 4``
+    moves per element against six passes of a joint sort whose keys carry the row)."""
+    for i in range(lo + 1, hi):
+        key = keys[i]
+        ix = idx[i]
+        j = i - 1
+        while j >= lo and keys[j] > key:
+            keys[j + 1] = keys[j]
+            idx[j + 1] = idx[j]
+            j -= 1
+        keys[j + 1] = key
+        idx[j + 1] = ix
+
+
+@_jit(inline=True)
 def _row_keys(x, r, op, c, zf, keys, at, tag):
     """The sort keys of row ``r`` into ``keys[at:at + n]``: ``tag << 32`` plus the uint32 whose order is
     the float32 order of ``x * c`` decreasing (rank, top-k) or of ``x`` increasing (sort); ``zf`` is
@@ -142,7 +162,7 @@ def _row_keys(x, r, op, c, zf, keys, at, tag):
     return has_nan
 
 
-@_jit()
+@_jit(inline=True)
 def _block_value(a, g, sf, f, e, n, op, reg, c, k):
     """``v_B`` of the block of sorted positions ``[f, e]`` from what the stack keeps of it: ``a``
     (``l2``: ``sum(s_B)``; ``kl``: ``S_B = sum_B exp(s_j - s_f)``), ``g`` (``kl`` sort:
@@ -160,7 +180,7 @@ def _block_value(a, g, sf, f, e, n, op, reg, c, k):
     return (n - f) * c - sf + math.log(g / a)  # sort: LSE(rho_B / eps) - LSE(s_B)
 
 
-@_jit()
+@_jit(inline=True)
 def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho,
              s, acc, geo, bfirst, bval):
     """PAV and the outputs of row ``r`` whose stable sort is ``idx`` (int32 ``[n]``); the arrays after
@@ -264,6 +284,8 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
 #: rows of fewer elements are sorted together, several rows in one radix sort (the row as the key's
 #: high bytes): a sort's fixed cost (4 x 256 counters) would dominate a short row
 SHORT_ROW = 512
+#: rows of at most this many elements are sorted each by itself by insertion
+INSERTION_ROW = 32
 #: elements of one such joint sort (its scratch: 24 bytes each)
 JOINT_SORT_ELEMS = 32768
 
@@ -289,12 +311,16 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
     for r0 in range(lo, hi, rows):
         cnt = min(rows, hi - r0)
         for t in range(cnt):
-            nan_rows[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t)
+            nan_rows[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, 0 if n <= INSERTION_ROW else t)
             for i in range(n):
                 idx[t * n + i] = i
-        mm = cnt * n
-        nbytes = 4 if cnt == 1 else (5 if cnt <= 256 else 6)
-        _radix_argsort(keys[:mm], idx[:mm], keys2[:mm], idx2[:mm], count, nbytes)
+        if n <= INSERTION_ROW:  # each row by itself
+            for t in range(cnt):
+                _insertion_argsort(keys, idx, t * n, (t + 1) * n)
+        else:
+            mm = cnt * n
+            nbytes = 4 if cnt == 1 else (5 if cnt <= 256 else 6)
+            _radix_argsort(keys[:mm], idx[:mm], keys2[:mm], idx2[:mm], count, nbytes)
         for t in range(cnt):  # the stable sort keeps the rows in order: row t is at t * n .. t * n + n
             _pav_row(r0 + t, x, idx[t * n:(t + 1) * n], nan_rows[t], out, perm_out, last_out, q_out, op, reg,
                      c, k, need_grad, log_rho, s, acc, geo, bfirst, bval)
@@ -309,7 +335,7 @@ def _forward_parallel(x, out, perm_out, last_out, q_out, op, reg, c, k, need_gra
                       need_grad, log_rho)
 
 
-@_jit()
+@_jit(inline=True)
 def _backward_row(r, g, perm, last, q, dx, op, reg, c):
     """Row ``r`` of the backward: per block, one sum and one write per element."""
     n = g.shape[1]
@@ -391,12 +417,13 @@ def isotonic_fwd(x: torch.Tensor, op: str, regularization: str, strength: float,
                          f"on {x.device}")
     x = x.contiguous()
     R, n = x.shape
-    # numpy allocations wrapped as tensors: a third of the cost of torch.empty + .numpy() at small sizes
-    out_a = np.empty((R, n), np.float32)
-    out = torch.from_numpy(out_a)
-    if need_grad:
-        arrays = (np.empty((R, n), np.int32), np.empty((R, n), np.int32), np.empty((R, n), np.float32))
-        perm, last, q = (torch.from_numpy(a) for a in arrays)
+    out = torch.empty((R, n), dtype=torch.float32)
+    out_a = out.numpy()
+    if need_grad:  # (torch allocations, which memory profiles see; outputs of a custom op may not alias)
+        perm = torch.empty((R, n), dtype=torch.int32)
+        last = torch.empty((R, n), dtype=torch.int32)
+        q = torch.empty((R, n), dtype=torch.float32)
+        arrays = (perm.numpy(), last.numpy(), q.numpy())
     else:
         perm, last, q = x.new_empty(0, dtype=torch.int32), x.new_empty(0, dtype=torch.int32), x.new_empty(0)
         arrays = (np.empty((0, 0), np.int32), np.empty((0, 0), np.int32), np.empty((0, 0), np.float32))
@@ -417,8 +444,8 @@ def isotonic_bwd(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tensor, q: 
     _check_available()
     g = grad if grad.dtype == torch.float32 and grad.is_contiguous() else grad.to(torch.float32).contiguous()
     R, n = q.shape
-    dx_a = np.empty((R, n), np.float32)
-    dx = torch.from_numpy(dx_a)
+    dx = torch.empty((R, n), dtype=torch.float32)
+    dx_a = dx.numpy()
     if R and n:
         args = (g.numpy(), perm.contiguous().numpy(), last.contiguous().numpy(), q.contiguous().numpy(), dx_a,
                 OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength))
