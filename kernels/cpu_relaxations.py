@@ -12,8 +12,9 @@ The one table is the pair of functions per code below (``_logistic`` /
 
 * :func:`alpha` / :func:`slope`: one scalar ``d``;
 * :func:`alphas` / :func:`slopes`: a block of differences ``d [K] -> out [K]``
-  with the switch outside the loop, so that the loop over the block vectorises
-  (the network kernels run ``K`` rows side by side).
+  through the scalar dispatch, whose loop-invariant switch LLVM moves out of the
+  loop, so that the loop over the block vectorises (the network kernels run
+  ``K`` rows side by side).
 
 A runtime switch rather than one compiled kernel per relaxation: each kernel is
 compiled once for all six (JIT time counts).  An unknown code raises
@@ -234,51 +235,14 @@ def slope(d, code, steepness, art_lambda):
 
 @numba.njit(cache=True, error_model="numpy")
 def alphas(d, out, code, steepness, art_lambda):
-    """``out[k] = alpha(d[k])`` for a block ``d [K]`` (float64 ``out [K]``; the loop vectorises)."""
-    K = d.shape[0]
-    if code == LOGISTIC:
-        for k in range(K):
-            out[k] = _logistic(d[k], steepness, art_lambda)
-    elif code == LOGISTIC_PHI:
-        for k in range(K):
-            out[k] = _logistic_phi(d[k], steepness, art_lambda)
-    elif code == GAUSSIAN:
-        for k in range(K):
-            out[k] = _gaussian(d[k], steepness, art_lambda)
-    elif code == RECIPROCAL:
-        for k in range(K):
-            out[k] = _reciprocal(d[k], steepness, art_lambda)
-    elif code == CAUCHY:
-        for k in range(K):
-            out[k] = _cauchy(d[k], steepness, art_lambda)
-    elif code == OPTIMAL:
-        for k in range(K):
-            out[k] = _optimal(d[k], steepness, art_lambda)
-    else:
-        raise ValueError("unknown relaxation code (expected 0..5)")
+    """``out[k] = alpha(d[k])`` for a block ``d [K]`` (float64 ``out [K]``).  The loop vectorises: ``code``
+    is loop-invariant, so LLVM unswitches the dispatch (measured as fast as one loop per code)."""
+    for k in range(d.shape[0]):
+        out[k] = alpha(d[k], code, steepness, art_lambda)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def slopes(d, out, code, steepness, art_lambda):
-    """``out[k] = slope(d[k])`` for a block ``d [K]`` (float64 ``out [K]``; the loop vectorises)."""
-    K = d.shape[0]
-    if code == LOGISTIC:
-        for k in range(K):
-            out[k] = _logistic_slope(d[k], steepness, art_lambda)
-    elif code == LOGISTIC_PHI:
-        for k in range(K):
-            out[k] = _logistic_phi_slope(d[k], steepness, art_lambda)
-    elif code == GAUSSIAN:
-        for k in range(K):
-            out[k] = _gaussian_slope(d[k], steepness, art_lambda)
-    elif code == RECIPROCAL:
-        for k in range(K):
-            out[k] = _reciprocal_slope(d[k], steepness, art_lambda)
-    elif code == CAUCHY:
-        for k in range(K):
-            out[k] = _cauchy_slope(d[k], steepness, art_lambda)
-    elif code == OPTIMAL:
-        for k in range(K):
-            out[k] = _optimal_slope(d[k], steepness, art_lambda)
-    else:
-        raise ValueError("unknown relaxation code (expected 0..5)")
+    """``out[k] = slope(d[k])`` for a block ``d [K]`` (float64 ``out [K]``), as :func:`alphas`."""
+    for k in range(d.shape[0]):
+        out[k] = slope(d[k], code, steepness, art_lambda)
