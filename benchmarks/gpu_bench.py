@@ -46,6 +46,9 @@ import traceback
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_cases as cc  # noqa: E402  (the shared step builders)
+
 P_K = [0.5, 0.0, 0.0, 0.0, 0.5]
 B_LOSS, C_LOSS, M_LOSS, IT_LOSS = 4096, 1000, 16, 1.0
 B_BW = 65536
@@ -182,32 +185,19 @@ def difftopk_topk(n, k, steepness):
 
 
 def rows_step(fn, B, n, seed=0):
-    """One fwd+bwd of ``fn`` on rows ``[B, n]`` with a random cotangent; check value ``sum(y * G)``."""
-    g = torch.Generator(device=DEVICE).manual_seed(seed)
-    x = torch.randn(B, n, device=DEVICE, generator=g).requires_grad_()
-    G = torch.randn(B, n, device=DEVICE, generator=g)
-
-    def step(check=False):
-        x.grad = None
-        y = fn(x)
-        y.backward(G)
-        return (y.detach() * G).sum() if check else None
-
-    step.inputs = (x,)
-    return step
+    """One fwd+bwd of ``fn`` on seeded rows ``[B, n]`` with a seeded cotangent (``cpu_cases.rows_step`` on
+    ``DEVICE``); check value ``sum(y * G)``."""
+    return cc.rows_step(fn, B, n, device=DEVICE, seed=seed)
 
 
 def fastsort_permutahedron(op, backend=None, regularization="l2"):
-    """Method ``permutahedron`` on the rows (``op``: ``rank`` or ``sort``); ``auto``: Triton on CUDA (numba in
-    a CPU smoke run without the interpreter)."""
-    from fastsort.permutahedron import Permutahedron
+    """``fastsort.soft_rank`` / ``soft_sort`` with method ``permutahedron`` (``op``: ``rank`` or ``sort``), the
+    public path a torchsort user takes; ``auto``: Triton on CUDA (numba in a CPU smoke run)."""
+    import fastsort
 
-    method = Permutahedron("permutahedron")
-    p = method.parse({"regularization": regularization})
+    fn = getattr(fastsort, f"soft_{op}")
     be = backend or FAST
-    if be == "auto":
-        be = "triton" if DEVICE == "cuda" else "numba"
-    return lambda x: getattr(method, op)(x, p, be)
+    return lambda x: fn(x, "permutahedron", backend=be, regularization=regularization)
 
 
 def torchsort_op(op, regularization="l2"):
