@@ -134,7 +134,6 @@ def _auto_picks_triton_once() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def _numba_status() -> Optional[str]:
     """None when numba (the CPU kernels' compiler) imports, else why not (checked once, lazily)."""
     try:

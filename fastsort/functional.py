@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -62,11 +62,12 @@ def autocast_off(x):
     return contextlib.nullcontext()
 
 
-def finite_stand_ins(x: torch.Tensor) -> torch.Tensor:
+def finite_stand_ins(x: torch.Tensor, finite: Optional[bool] = None) -> torch.Tensor:
     """``x [R, n]`` with ``+inf`` / ``-inf`` replaced by ``+-(M + gap)``: ``M`` the row's largest finite
     magnitude, ``gap = max(STAND_IN_GAP, 4 M)`` (at most ``finfo.max / 16``, so sums of two stand-ins stay
-    finite).  For the ops that do not handle infinities themselves (``Method.native_infinities``)."""
-    if finite_on_host(x):
+    finite).  For the ops that do not handle infinities themselves (``Method.native_infinities``).
+    ``finite``: :func:`~fastsort._dispatch.finite_on_host` of ``x`` when the caller has it already."""
+    if finite_on_host(x) if finite is None else finite:
         return x  # the common case, decided on the host where that costs no device sync
     inf = torch.isinf(x)
     big = torch.finfo(x.dtype).max / 16
@@ -76,11 +77,11 @@ def finite_stand_ins(x: torch.Tensor) -> torch.Tensor:
     return torch.where(inf, torch.sign(xd) * bound, x)
 
 
-def restore_infinities(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def restore_infinities(y: torch.Tensor, x: torch.Tensor, finite: Optional[bool] = None) -> torch.Tensor:
     """Ascending soft sorted values ``y [R, n]`` of ``x [R, n]`` with exactly ``-inf`` at the ``a`` lowest and
     ``+inf`` at the ``b`` highest positions of each row holding ``a`` / ``b`` of them (rows with a NaN are
-    left as they are: NaN)."""
-    if finite_on_host(x):
+    left as they are: NaN); ``finite`` as in :func:`finite_stand_ins`."""
+    if finite_on_host(x) if finite is None else finite:
         return y
     n = x.shape[-1]
     j = torch.arange(n, device=x.device)
@@ -115,10 +116,10 @@ def _start(x, method: str, op: str, dim, backend: str, params) -> Tuple[Method, 
     return m, p, x2, lead, be
 
 
-def _rows_for(m: Method, x2: torch.Tensor, op: str) -> torch.Tensor:
+def _rows_for(m: Method, x2: torch.Tensor, op: str, finite: Optional[bool] = None) -> torch.Tensor:
     """The rows as op ``op`` of method ``m`` sees them: with finite stand-ins for infinities unless it
     handles them itself (:meth:`Method.handles_infinities`)."""
-    return x2 if m.handles_infinities(op) else finite_stand_ins(x2)
+    return x2 if m.handles_infinities(op) else finite_stand_ins(x2, finite)
 
 
 def _restore(y: torch.Tensor, lead: Tuple[int, ...], dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -160,10 +161,13 @@ def soft_sort(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, descen
     """
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "sort", dim, backend, params)
-        rows = _rows_for(m, x2, "sort")
+        finite = finite_on_host(x2)  # one test for the stand-ins and the restore
+        rows = _rows_for(m, x2, "sort", finite)
         if descending:  # the method's own descending sort (largest first), restored in ascending order
-            return _restore(restore_infinities(m.sort_descending(rows, p, be).flip(-1), x2).flip(-1), lead, dim, x)
-        return _restore(restore_infinities(m.sort(rows, p, be), x2), lead, dim, x)
+            y = restore_infinities(m.sort_descending(rows, p, be).flip(-1), x2, finite).flip(-1)
+        else:
+            y = restore_infinities(m.sort(rows, p, be), x2, finite)
+        return _restore(y, lead, dim, x)
 
 
 def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",

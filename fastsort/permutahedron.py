@@ -248,7 +248,8 @@ def reference_forward(x: torch.Tensor, op: str, regularization: str, strength: f
         q = 1.0 / (last - first + 1).to(x.dtype)
     else:
         q = torch.exp(s - lse)
-    q = q.masked_fill(torch.isinf(s), 0.0)  # the soft sort's infinities: blocks of their own, no gradient
+    if op == "sort":  # its infinities (the other ops get finite stand-ins): blocks of their own, no gradient
+        q = q.masked_fill(torch.isinf(s), 0.0)
     out = _outputs(s, first, last, lse, q, op, regularization, strength, k)
     if op != "sort":
         out = torch.empty_like(out).scatter_(-1, perm, out)

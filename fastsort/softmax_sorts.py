@@ -39,26 +39,30 @@ from ._validate import as_positive
 from .method import RowsMethod
 
 
-def abs_row_sums(s: torch.Tensor):
+def abs_row_sums(s: torch.Tensor, finite: bool = False):
     """``(A_s 1)_j = sum_l |s_j - s_l|`` over the finite entries of ``s [R, n]``, in ``O(n log n)``.
 
     With the finite values sorted ascending, the one at finite position ``p``
     has ``sum_l |v - s_l| = v (2 p - n_f) + S - 2 P_p`` (``n_f`` finite values,
     ``S`` their total, ``P_p`` the sum of the ``p`` smaller ones).  ``+-inf``
     entries (masked classes) are left out: returns ``(sums, n_f [R, 1], infinite)``
-    (the sums at infinite entries are meaningless).
+    (the sums at infinite entries are meaningless).  ``finite=True``: the caller
+    knows ``s`` holds no infinity, and the bookkeeping for them is skipped
+    (``n_f`` is then the int ``n`` and ``infinite`` None).
     """
     n = s.shape[-1]
-    infinite = torch.isinf(s)
-    n_f = (~infinite).sum(-1, keepdim=True).to(s.dtype)
-    n_neg = (s == -math.inf).sum(-1, keepdim=True).to(s.dtype)
     sv, order = s.sort(dim=-1)  # -inf first, then the finite values, then +inf
-    sv0 = torch.where(torch.isinf(sv), torch.zeros_like(sv), sv)
+    pos = torch.arange(n, device=s.device, dtype=s.dtype)
+    if finite:
+        infinite, n_f, sv0 = None, n, sv
+    else:
+        infinite = torch.isinf(s)
+        n_f = (~infinite).sum(-1, keepdim=True).to(s.dtype)
+        pos = pos - (s == -math.inf).sum(-1, keepdim=True).to(s.dtype)  # position among the finite values
+        sv0 = torch.where(torch.isinf(sv), torch.zeros_like(sv), sv)
     prefix = sv0.cumsum(-1) - sv0
-    pos = torch.arange(n, device=s.device, dtype=s.dtype) - n_neg  # position among the finite values
-    total = sv0.sum(-1, keepdim=True)
-    sums_sorted = sv0 * (2 * pos - n_f) + total - 2 * prefix
-    return torch.zeros_like(sums_sorted).scatter(-1, order, sums_sorted), n_f, infinite
+    sums_sorted = sv0 * (2 * pos - n_f) + sv0.sum(-1, keepdim=True) - 2 * prefix
+    return torch.empty_like(sums_sorted).scatter(-1, order, sums_sorted), n_f, infinite
 
 
 def _nan_rows(s: torch.Tensor) -> torch.Tensor:
@@ -100,10 +104,7 @@ def _neuralsort_rows_finite(s: torch.Tensor, k: int, tau: float) -> torch.Tensor
     route, the ``[R, k, n]`` logits made by one fused ``addcmul`` and then the softmax (two passes
     over the ``n k`` entries, forward and backward, against six with the special-value handling)."""
     n = s.shape[-1]
-    sv, order = s.sort(dim=-1)
-    pos = torch.arange(n, device=s.device, dtype=s.dtype)
-    sums_sorted = sv * (2 * pos - n) + sv.sum(-1, keepdim=True) - 2 * (sv.cumsum(-1) - sv)
-    a1 = torch.empty_like(sums_sorted).scatter(-1, order, sums_sorted)  # (A_s 1)_j
+    a1 = abs_row_sums(s, finite=True)[0]
     c = 1.0 / tau
     scale = ((n + 1 - 2 * torch.arange(1, k + 1, device=s.device, dtype=s.dtype)) * c).unsqueeze(-1)  # [k, 1]
     logits = torch.addcmul((a1 * -c).unsqueeze(-2), scale, s.unsqueeze(-2))  # scale_i s_j / tau - a1_j / tau
