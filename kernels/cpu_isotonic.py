@@ -6,7 +6,8 @@ launchers (:mod:`fastsort.kernels.isotonic`): ``isotonic_fwd`` returns the outpu
 and the saved ``(sigma, last, q)``, ``isotonic_bwd`` the input gradient.  One
 compiled loop per row does what torchsort spreads over a dozen torch ops and two
 extension calls (sort, gathers, an inverse-permutation scatter, PAV, a second
-pass to rebuild the blocks from the solution), in parallel over rows (``prange``).
+pass to rebuild the blocks from the solution), in parallel over rows (the CPU kernels' one
+launch helper, :func:`fastsort.kernels.cpu_network.run_parallel`).
 
 Per row:
 
@@ -41,8 +42,9 @@ Precision: inputs, outputs and saved weights are float32; the sums, scaled sums
 and block values are float64 (``x / eps`` rounded to float32 as torch does).
 Compiled once on first use and cached on disk by numba (``cache=True``);
 :func:`numba_status` tells the dispatcher whether numba imports at all.
-Threads: numba's own pool (``numba.get_num_threads()``); calls of fewer than
-``SERIAL_ELEMS`` elements (backward: ``SERIAL_ELEMS_BWD``), or of one row, run on the calling thread.
+Threads: ``run_parallel``'s (``numba.get_num_threads()`` of them, claiming runs of rows, so a
+thread the OS has not scheduled delays nothing); a forward of fewer than 16384 elements, a
+backward of fewer than 65536, or one row, runs on the calling thread (:func:`_work`).
 """
 from __future__ import annotations
 
@@ -57,10 +59,8 @@ from .._dispatch import _numba_status as numba_status  # the one "does numba imp
 
 try:
     import numba
-    from numba import prange
 except Exception:  # pragma: no cover - depends on the platform; numba_status() says why
     numba = None
-    prange = range
 
 __all__ = ["isotonic_fwd", "isotonic_bwd", "numba_status", "OP_CODES", "REG_CODES"]
 
@@ -69,15 +69,16 @@ OP_CODES = {"sort": 0, "rank": 1, "topk_mask": 2}
 REG_CODES = {"l2": 0, "kl": 1}
 
 
-def _jit(parallel: bool = False, inline: bool = False):
-    """``numba.njit(cache=True)`` (compiled on first call, cached on disk); without numba the plain
-    function, which is never called: the launchers check :func:`numba_status` first.  ``inline``: the
-    per-row functions, inlined into their caller's loop (a call passes every array argument with its
-    reference count, ~0.5 us per row of ten arrays: more than the work of a row of 16)."""
+def _jit(inline: bool = False):
+    """``numba.njit(cache=True, nogil=True)`` (compiled on first call, cached on disk; the GIL released,
+    so that ``run_parallel``'s threads run at once); without numba the plain function, which is never
+    called: the launchers check :func:`numba_status` first.  ``inline``: the per-row functions,
+    inlined into their caller's loop (a call passes every array argument with its reference count,
+    ~0.5 us per row of ten arrays: more than the work of a row of 16)."""
     def wrap(fn):
         if numba is None:
             return fn
-        return numba.njit(cache=True, parallel=parallel, inline="always" if inline else "never")(fn)
+        return numba.njit(cache=True, nogil=True, inline="always" if inline else "never")(fn)
     return wrap
 
 
@@ -326,15 +327,6 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
                      c, k, need_grad, log_rho, s, acc, geo, bfirst, bval)
 
 
-@_jit(parallel=True)
-def _forward_parallel(x, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho, chunks):
-    R = x.shape[0]
-    step = (R + chunks - 1) // chunks
-    for ch in prange(chunks):
-        _forward_rows(ch * step, min(R, (ch + 1) * step), x, out, perm_out, last_out, q_out, op, reg, c, k,
-                      need_grad, log_rho)
-
-
 @_jit(inline=True)
 def _backward_row(r, g, perm, last, q, dx, op, reg, c):
     """Row ``r`` of the backward: per block, one sum and one write per element."""
@@ -370,14 +362,6 @@ def _backward_rows(lo, hi, g, perm, last, q, dx, op, reg, c):
         _backward_row(r, g, perm, last, q, dx, op, reg, c)
 
 
-@_jit(parallel=True)
-def _backward_parallel(g, perm, last, q, dx, op, reg, c, chunks):
-    R = g.shape[0]
-    step = (R + chunks - 1) // chunks
-    for ch in prange(chunks):
-        _backward_rows(ch * step, min(R, (ch + 1) * step), g, perm, last, q, dx, op, reg, c)
-
-
 # --------------------------------------------------------------------------- launchers
 def _check_available() -> None:
     problem = numba_status()
@@ -385,20 +369,12 @@ def _check_available() -> None:
         raise RuntimeError(f"fastsort: the numba kernels cannot run: {problem}")
 
 
-#: below this many elements a forward runs on the calling thread: waking numba's pool costs more
-#: (~10 us with spinning OpenMP threads, ~60-80 us with ``OMP_WAIT_POLICY=PASSIVE``, against ~20 ns
-#: per element of forward work)
-SERIAL_ELEMS = 16384
-#: the same for the backward, ~3 ns per element
-SERIAL_ELEMS_BWD = 65536
-
-
-def _chunks(R: int, n: int, backward: bool = False) -> int:
-    """Chunks of rows for ``prange`` (0: run serially): a few per thread, each reusing its scratch."""
-    if R * n < (SERIAL_ELEMS_BWD if backward else SERIAL_ELEMS) or R == 1:
-        return 0
-    threads = numba.get_num_threads()
-    return 0 if threads == 1 else min(R, 4 * threads)
+def _work(R: int, n: int, backward: bool = False) -> int:
+    """The work of a launch in ``run_parallel``'s unit (below its ``SERIAL_WORK = 65536`` a launch runs
+    on the calling thread): a forward element ~20 ns counts 4, a backward one (~3 ns) 1, so forwards
+    of fewer than 16384 elements and backwards of fewer than 65536 stay serial (handing rows to other
+    threads costs tens of microseconds)."""
+    return R * n * (1 if backward else 4)
 
 
 @functools.lru_cache(maxsize=16)
@@ -430,11 +406,9 @@ def isotonic_fwd(x: torch.Tensor, op: str, regularization: str, strength: float,
     if R and n:
         args = (x.numpy(), out_a, *arrays, OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength),
                 int(k), bool(need_grad), _log_rho(n))
-        chunks = _chunks(R, n)
-        if chunks:
-            _forward_parallel(*args, chunks)
-        else:
-            _forward_rows(0, R, *args)
+        from .cpu_network import run_parallel  # (imports numba: only once numba_status() said it imports)
+
+        run_parallel(lambda first, last: _forward_rows(first, last, *args), R, _work(R, n))
     return out, perm, last, q
 
 
@@ -449,9 +423,7 @@ def isotonic_bwd(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tensor, q: 
     if R and n:
         args = (g.numpy(), perm.contiguous().numpy(), last.contiguous().numpy(), q.contiguous().numpy(), dx_a,
                 OP_CODES[op], REG_CODES[regularization], 1.0 / float(strength))
-        chunks = _chunks(R, n, backward=True)
-        if chunks:
-            _backward_parallel(*args, chunks)
-        else:
-            _backward_rows(0, R, *args)
+        from .cpu_network import run_parallel
+
+        run_parallel(lambda first, last: _backward_rows(first, last, *args), R, _work(R, n, backward=True))
     return dx

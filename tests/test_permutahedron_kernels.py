@@ -87,7 +87,10 @@ def test_numba_kernels(cpu_isotonic, op, reg):
 def test_numba_parallel_and_serial_paths_agree(cpu_isotonic, monkeypatch):
     x, g = batch(300, seed=1, R=64)
     a = cpu_isotonic.isotonic_fwd(x, "rank", "kl", 0.5, 0, True)
-    monkeypatch.setattr(cpu_isotonic, "SERIAL_ELEMS", 1 << 62)  # everything on the calling thread
+    from fastsort.kernels import cpu_network
+
+    assert cpu_isotonic._work(64, 300) >= cpu_network.SERIAL_WORK  # (the first call ran on several threads)
+    monkeypatch.setattr(cpu_network, "SERIAL_WORK", 1 << 62)  # everything on the calling thread
     b = cpu_isotonic.isotonic_fwd(x, "rank", "kl", 0.5, 0, True)
     for s, t in zip(a, b):
         assert_close(s, t, equal_nan=True)
