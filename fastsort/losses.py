@@ -39,7 +39,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._dispatch import choose_backend
+from ._dispatch import choose_backend, finite_on_host
 from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
 from ._validate import (REDUCTIONS, as_int, as_positive, as_real, check_logits_labels, check_p_k, check_reduction,
                         reduce_loss)
@@ -249,7 +249,8 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
         return _masked_mean(loss, valid, reduction)
     # a +inf logit makes its row NaN (loss and gradient), as torch's cross-entropy, whatever the method
     # (the fused kernel's preselection gives NaN for it by itself)
-    nan_rows = torch.where((logits == math.inf).any(1), math.nan, 1.0)
+    # (on the host a finite sum says there is none: no second elementwise pass over the logits)
+    nan_rows = None if finite_on_host(logits) else torch.where((logits == math.inf).any(1), math.nan, 1.0)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
@@ -262,7 +263,8 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
     if top1_mode == "smce":
         ce = torch.nn.functional.cross_entropy(x, y, reduction="none")
         loss = p[0] * ce + sum(p[1:]) * loss
-    loss = loss * nan_rows.to(loss.dtype)
+    if nan_rows is not None:
+        loss = loss * nan_rows.to(loss.dtype)
     if valid is None:
         return reduce_loss(loss, reduction).to(logits.dtype)
     return _masked_mean(loss, valid, reduction).to(logits.dtype)
