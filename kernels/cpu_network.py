@@ -34,13 +34,10 @@ per-thread scratch that stays in the caches, while saved tensors of the whole ba
 be written once and read once from memory: ``W`` and ``XIN`` for soft ranks of
 ``[256, 1000]`` rows (bitonic, ``D = 55``) are 2 x 56 MB, and a fresh allocation
 of that size is first-touch page faults (~50 ms per 56 MB on the benchmark
-machine), more than the recomputed forward costs.  ``saved = (W, XIN, SHIST)``
-keeps the Triton kernels' shapes (``[R, D, n]``, ``[R, D, n]``, ``[R, D, C, n]``)
-so that one fake implementation serves both backends under ``torch.compile``,
-but only ``XIN[:, 0] = x`` (the first layer's input) and ``SHIST[0, D - 1] = S^D``
-(the block entering the last layer's reverse mix, shared by the rows) are
-written and read; the rest of them is never touched (an untouched allocation
-costs no memory).  The recomputation runs the same code on the same input, so
+machine), more than the recomputed forward costs.  So ``saved`` is the op's
+input ``x [R, n]`` and its sweep block ``S^D [C, n]`` (shared by the rows), in
+the op's three saved slots (the first empty; the fake implementation gives
+these shapes for this backend).  The recomputation runs the same code on the same input, so
 it reproduces the forward bit for bit.  Sweeps with many columns (the full
 permutation matrix) run in chunks of columns (:data:`_SWEEP_BYTES`).
 
@@ -465,12 +462,10 @@ def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_para
         need_grad: return what :func:`network_bwd` needs.
 
     Returns:
-        ``y [R, n]``; ``S0 [R, C, n] = X init`` (None when ``init`` is None); ``saved = (W, XIN,
-        SHIST)`` with the Triton launcher's shapes: with ``need_grad``, ``W [R, D, n]``,
-        ``XIN [R, D, n]`` and (with ``init``) ``SHIST [R, D, C, n]``, of which only
-        ``XIN[:, 0] = x`` and ``SHIST[0, D - 1] = init`` are written (see the module
-        docstring); without, empty tensors.
-        ``SHIST`` is None when ``init`` is None.
+        ``y [R, n]``; ``S0 [R, C, n] = X init`` (None when ``init`` is None); ``saved = (empty, x, init)``
+        with ``need_grad`` (copies of the input ``[R, n]`` and of the sweep block ``[C, n]``, None
+        without ``init``: the backward recomputes the layers, see the module docstring), else empty
+        placeholders.
     """
     distribution, steepness, art_lambda = relax_params
     code = relaxation_code(distribution)
@@ -480,7 +475,6 @@ def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_para
     if n != table.n:
         raise ValueError(f"x has {n} wires, the network table {table.n}")
     comps, count = comparators(table)
-    D = comps.shape[0]
     y = _alloc((R, n), dt)
     if init is not None:
         init = init.detach().to(dt).contiguous()
@@ -499,17 +493,9 @@ def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_para
         run_parallel(lambda first, last: _forward_run(*args, first, last), -(-R // RB),
                      R * int(count.sum()) * (1 + init_np.shape[0]))
     if need_grad:
-        # the Triton layout's shapes; the backward reads only the input XIN[:, 0] and the sweep
-        # block SHIST[0, D - 1] (shared by the rows) and recomputes the rest (module docstring)
-        XIN = torch.empty((R, D, n), dtype=dt)
-        XIN[:, 0] = x
-        W = torch.empty((R, D, n), dtype=dt)
-        SHIST = None
-        if init is not None:
-            SHIST = torch.empty((R, D, init.shape[0], n), dtype=dt)
-            if R:
-                SHIST[0, D - 1] = init
-        saved = (W, XIN, SHIST)
+        # what the backward reads -- the input and the sweep block -- and nothing else: it recomputes
+        # the layers (module docstring); copies, as outputs of a custom op may not alias its inputs
+        saved = (x.new_empty(0), x.clone(), None if init is None else init.clone())
     else:
         saved = (x.new_empty(0), x.new_empty(0), None if init is None else x.new_empty(0))
     return y, S0, saved
@@ -518,33 +504,32 @@ def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_para
 def network_bwd(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Optional[torch.Tensor]):
     """CPU backward: ``dL/dx [R, n]`` from ``gy = dL/dy [R, n]`` and ``gS0 = dL/dS0 [R, C, n]``
     (either may be None), with :func:`network_fwd`'s ``saved`` (run with ``need_grad``): it reads
-    the input ``XIN[:, 0]`` and the sweep block ``SHIST[0, D - 1]`` and recomputes the rest."""
+    the input and the sweep block and recomputes the rest."""
     distribution, steepness, art_lambda = relax_params
     code = relaxation_code(distribution)
-    W, XIN, SHIST = saved
-    R, D, n = XIN.shape
-    dt = XIN.dtype
+    _, x, init_saved = saved
+    R, n = x.shape
+    dt = x.dtype
     comps, count = comparators(table)
-    if comps.shape[0] != D or table.n != n:
-        raise ValueError(f"saved tensors of {D} layers x {n} wires do not match the network table")
+    if table.n != n:
+        raise ValueError(f"saved inputs of {n} wires do not match the network table of {table.n}")
     gx = _alloc((R, n), dt)
     if R == 0:
         return gx
-    x = XIN[:, 0].contiguous()
     empty2 = np.empty((0, n), dtype=x.numpy().dtype)
     if gy is not None:
         gy = gy.detach().to(dt).contiguous()
     init = empty2
     if gS0 is not None:
         gS0 = gS0.detach().to(dt).contiguous()
-        if SHIST is None or SHIST.shape != (R, D, gS0.shape[1], n):
+        if init_saved is None or init_saved.shape != (gS0.shape[1], n):
             raise ValueError("dL/dS0 needs the saved state of a forward with init and need_grad")
-        init = SHIST[0, D - 1].numpy()
+        init = init_saved.numpy()
     RB = block_rows(R)
     args = (x.numpy(), init, gy.numpy() if gy is not None else empty2,
             gS0.numpy() if gS0 is not None else np.empty((0, 0, n), dtype=empty2.dtype),
             comps, count, gx.numpy(), code, float(steepness), float(art_lambda), gy is not None, gS0 is not None,
-            _columns(init.shape[0], D * comps.shape[1] * RB * x.element_size()), RB)
+            _columns(init.shape[0], comps.shape[0] * comps.shape[1] * RB * x.element_size()), RB)
     run_parallel(lambda first, last: _backward_run(*args, first, last), -(-R // RB),
                  3 * R * int(count.sum()) * (1 + init.shape[0]))
     return gx

@@ -60,10 +60,11 @@ def _forward_fake(x, init, kind, k, distribution, steepness, art_lambda, backend
     R, n = x.shape
     D = network_depth(kind, int(n), k if k > 0 else None)  # no tensors here: this runs under a fake mode
     C = 0 if init is None else init.shape[0]
-    # saved-state layouts: torch backend [D, R, ...], the kernels [R, D, ...]
-    weights = (2, D, R, n) if backend == "torch" else (R, D, n)
-    per_layer = (D, R, n) if backend == "torch" else (R, D, n)
-    hist = (D, R, C, n) if backend == "torch" else (R, D, C, n)
+    # saved-state layouts: torch backend [D, R, ...], Triton [R, D, ...]; numba saves only the input and
+    # the sweep block (its backward recomputes the layers)
+    weights = {"torch": (2, D, R, n), "triton": (R, D, n)}.get(backend, (0,))
+    per_layer = {"torch": (D, R, n), "triton": (R, D, n)}.get(backend, (R, n))
+    hist = {"torch": (D, R, C, n), "triton": (R, D, C, n)}.get(backend, (C, n))
     return (
         x.new_empty((R, n)),
         x.new_empty((R, C, n)),
