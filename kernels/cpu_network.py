@@ -71,11 +71,6 @@ from .cpu_relaxations import alphas, check_code, relaxation_code, slopes
 __all__ = ["network_fwd", "network_bwd", "comparators"]
 
 
-def _alloc(shape, dtype: torch.dtype) -> torch.Tensor:
-    """Every output of the launchers is allocated here (tests replace it with a NaN fill)."""
-    return torch.empty(shape, dtype=dtype)
-
-
 # --------------------------------------------------------------------------- tables
 _COMPARATORS: Dict[tuple, Tuple[np.ndarray, np.ndarray]] = {}
 
@@ -475,12 +470,12 @@ def network_fwd(x: torch.Tensor, table, init: Optional[torch.Tensor], relax_para
     if n != table.n:
         raise ValueError(f"x has {n} wires, the network table {table.n}")
     comps, count = comparators(table)
-    y = _alloc((R, n), dt)
+    y = torch.empty((R, n), dtype=dt)
     if init is not None:
         init = init.detach().to(dt).contiguous()
         if init.dim() != 2 or init.shape[1] != n:
             raise ValueError(f"init must be a [C, {n}] block, got {tuple(init.shape)}")
-        S0 = _alloc((R, init.shape[0], n), dt)
+        S0 = torch.empty((R, init.shape[0], n), dtype=dt)
         init_np = init.numpy()
     else:
         S0 = None
@@ -513,7 +508,7 @@ def network_bwd(saved, table, relax_params, gy: Optional[torch.Tensor], gS0: Opt
     comps, count = comparators(table)
     if table.n != n:
         raise ValueError(f"saved inputs of {n} wires do not match the network table of {table.n}")
-    gx = _alloc((R, n), dt)
+    gx = torch.empty((R, n), dtype=dt)
     if R == 0:
         return gx
     empty2 = np.empty((0, n), dtype=x.numpy().dtype)

@@ -56,11 +56,6 @@ NEG_BIG = -1e30
 _SHRINK = 1.0 - 2e-7  # loss = -log(q * _SHRINK + 1e-7)
 
 
-def _alloc(shape, dtype: torch.dtype) -> torch.Tensor:
-    """Every output of the launchers is allocated here (tests replace it with a NaN fill)."""
-    return torch.empty(shape, dtype=dtype)
-
-
 # --------------------------------------------------------------------------- kernels
 #: rows per block of the network part (the innermost loops run over a block's rows and vectorise;
 #: with m = 16 wires, 32 rows ran ~1.4x faster than 8, one thread, B = 500, C = 1000)
@@ -378,8 +373,8 @@ def topk_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, table, relax_para
     labels = labels.detach().to(torch.int64).contiguous()
     v = _position_weights(c, m)
     comps, count = comparators(table)
-    out = _alloc((B, 1 + m if need_grad else 1), torch.float32)
-    idx = _alloc((B, m if need_grad else 0), torch.int64)
+    out = torch.empty((B, 1 + m if need_grad else 1), dtype=torch.float32)
+    idx = torch.empty((B, m if need_grad else 0), dtype=torch.int64)
     args = (logits.numpy(), labels.numpy(), v, comps, count, out.numpy(), idx.numpy(), code, float(steepness),
             float(art_lambda), MODE_CODES[mode], float(p_first), float(p_rest), bool(need_grad))
     run_parallel(lambda first, last: _topk_ce_run(*args, first, last), -(-B // RB),
@@ -396,7 +391,7 @@ def topk_ce_bwd(out: torch.Tensor, idx: torch.Tensor, grad_out: torch.Tensor, C:
     """
     B, m = idx.shape
     direct = dtype in (torch.float32, torch.float64)
-    dx = _alloc((B, C), dtype if direct else torch.float32)
+    dx = torch.empty((B, C), dtype=dtype if direct else torch.float32)
     if B and C:
         out = out.detach()
         if out.dtype != torch.float32 or not out.is_contiguous():

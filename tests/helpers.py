@@ -194,7 +194,7 @@ GUARD_ELEMS = 1 << 20
 
 
 @contextlib.contextmanager
-def nan_filled_allocations(module):
+def nan_filled_allocations(module, guards=True):
     """Tensors that code of ``module`` (the launchers) allocates with ``torch.empty``/``empty_like``/
     ``Tensor.new_empty`` come NaN-filled (integer ones -1), so an output element a kernel fails to
     write shows up.
@@ -203,14 +203,15 @@ def nan_filled_allocations(module):
     variant must not write) becomes a NaN guard buffer of ``GUARD_ELEMS`` elements instead: torch
     hands a kernel a null pointer for an empty tensor, so a stray write through it would crash the
     process (or the CUDA context); into the guard it lands harmlessly, and the check at exit
-    reports it."""
+    reports it.  ``guards=False``: 0-element allocations stay as they are (the CPU kernels hand numpy arrays
+    to their kernels; their empty tensors are placeholders a test may check for)."""
     real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
     guards = []
 
     def fill(t):
         if sys._getframe(2).f_globals.get("__name__") != module.__name__:
             return t  # not the launcher's own allocation (e.g. Triton's interpreter copying arguments)
-        if t.shape == (0,) and t.is_floating_point():
+        if guards and t.shape == (0,) and t.is_floating_point():
             guards.append(real_empty(GUARD_ELEMS, dtype=t.dtype, device=t.device).fill_(float("nan")))
             return guards[-1]
         return t.fill_(float("nan") if t.is_floating_point() else -1)

@@ -3,8 +3,8 @@
 Every kernel result is checked against an independent computation: the torch
 backend (``fastsort.networks.reference``) and the torch loss path run in
 float64, dense ``scatter`` references, finite differences (``gradcheck``).
-Every output the launchers allocate starts as NaN (the ``_alloc`` hook), so an
-element a kernel leaves unwritten fails the comparison.
+Every output the launchers allocate starts as NaN (``helpers.nan_filled_allocations``),
+so an element a kernel leaves unwritten fails the comparison.
 """
 import math
 import subprocess
@@ -23,6 +23,7 @@ from fastsort.kernels import cpu_topk_loss as cl  # noqa: E402
 from fastsort.losses import rank_weights  # noqa: E402
 from fastsort.networks import get_network, reference, sweep_init  # noqa: E402
 from fastsort.relaxations import DISTRIBUTIONS, RELAXATIONS, relax_alpha, relax_slope  # noqa: E402
+from helpers import assert_close, nan_filled_allocations  # noqa: E402
 
 KINDS = ("odd_even", "bitonic", "splitter_selection")
 SIZES = (1, 2, 3, 7, 33, 100)
@@ -31,22 +32,15 @@ INF = float("inf")
 
 
 @pytest.fixture(autouse=True)
-def nan_outputs(monkeypatch):
-    """Launcher outputs start as NaN (int64 ones as -1): unwritten elements show up."""
-
-    def alloc(shape, dtype):
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype)
-
-    monkeypatch.setattr(cn, "_alloc", alloc)
-    monkeypatch.setattr(cl, "_alloc", alloc)
+def nan_outputs():
+    """Launcher outputs start as NaN (integer ones as -1): unwritten elements show up."""
+    with nan_filled_allocations(cn, guards=False), nan_filled_allocations(cl, guards=False):
+        yield
 
 
 def close(actual, expected, rel, equal_nan=False):
-    """``actual == expected`` up to ``rel`` times the largest finite magnitude of ``expected``."""
-    expected = expected.to(actual.dtype)
-    finite = expected[torch.isfinite(expected)]
-    scale = max(float(finite.abs().max()), 1.0) if finite.numel() else 1.0
-    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale, equal_nan=equal_nan)
+    """``actual == expected`` up to ``rel`` times the largest finite magnitude of ``expected`` (at least 1)."""
+    assert_close(actual, expected.to(actual.dtype), rtol=rel, atol_of_max=rel, max_at_least=1.0, equal_nan=equal_nan)
 
 
 def test_imports():
