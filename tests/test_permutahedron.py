@@ -13,9 +13,7 @@ Oracles, each computed independently of fastsort's code:
 
 The kernels (numba, Triton) against the torch reference are in ``test_permutahedron_kernels.py``.
 """
-import importlib
 import math
-import os
 import warnings
 
 import numpy as np
@@ -26,14 +24,6 @@ import fastsort
 from fastsort import permutahedron as P
 from fastsort.compat import torchsort as compat
 from helpers import assert_close
-
-
-def require_oracle(name):
-    """Import the oracle package ``name``: a skip when it is missing, except with
-    ``FASTSORT_REQUIRE_ORACLES=1`` (CI), where a missing oracle is a failure."""
-    if os.environ.get("FASTSORT_REQUIRE_ORACLES", "0") == "1":
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
 
 
 METHOD = P.Permutahedron("permutahedron")
@@ -94,7 +84,7 @@ def scale(op, x, strength):
 @pytest.mark.parametrize("op", ["rank", "sort"])
 def test_vs_torchsort(op, regularization, strength, dtype):
     """Values and gradients equal torchsort's (run in float64) for n = 1 .. 2000, with and without ties."""
-    torchsort = require_oracle("torchsort")
+    torchsort = pytest.importorskip("torchsort")  # (a failure in CI: conftest.py)
     ref_fn = getattr(torchsort, f"soft_{op}")
     for n in SIZES:
         for ties in ((False, True) if 4 <= n <= 100 else (False,)):
@@ -155,7 +145,7 @@ def _tie_group_sums(x, grad):
 
 def test_conventions_match_torchsort():
     """Ascending ranks (1 = the smallest) and ascending sorted values, as torchsort; hand-checked values."""
-    torchsort = require_oracle("torchsort")
+    torchsort = pytest.importorskip("torchsort")  # (a failure in CI: conftest.py)
     x = torch.tensor([[3.0, 1.0, 2.0, 5.0]])
     assert_close(run("rank", x, strength=1e-3), torch.tensor([[3.0, 1.0, 2.0, 4.0]]), atol=1e-5)
     assert_close(run("sort", x, strength=1e-3), torch.tensor([[1.0, 2.0, 3.0, 5.0]]), atol=1e-5)
@@ -327,7 +317,7 @@ def test_topk_mask_is_a_sparse_mask():
 def test_kl_gradients_finite_where_torchsort_overflows():
     """torchsort issue #63: its kl backward evaluates exp(s) / sum(exp(s)) with s = x / eps, which overflows
     in float32 once x / eps > 88 (here 200): NaN gradients.  fastsort's weights exp(s_j - LSE(s_B)) do not."""
-    torchsort = require_oracle("torchsort")
+    torchsort = pytest.importorskip("torchsort")  # (a failure in CI: conftest.py)
     x = torch.tensor([[1.0, 2.0, 0.5, 1.5]])
     g = torch.tensor([[0.3, -1.0, 2.0, 0.7]])
     _, ts_grad = value_and_grad(lambda t: torchsort.soft_rank(t, "kl", 0.01), x, g)
@@ -452,7 +442,7 @@ def test_torch_compile_traces_the_op():
 
 # --------------------------------------------------------------------------- the torchsort drop-in
 def test_compat_torchsort():
-    torchsort = require_oracle("torchsort")
+    torchsort = pytest.importorskip("torchsort")  # (a failure in CI: conftest.py)
     x, g = rows(30, R=5, seed=12, dtype=torch.float32)
     for name in ("soft_rank", "soft_sort"):
         ours, theirs = getattr(compat, name), getattr(torchsort, name)
