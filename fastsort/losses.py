@@ -125,10 +125,20 @@ def _without_labels(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
     return buf.copy_(x).scatter_(1, lab, float("-inf"))
 
 
-def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
-    """The true logit followed by the ``m - 1`` largest other logits (descending): ``[B, m]``."""
+def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int, compiled: bool = False) -> torch.Tensor:
+    """The true logit followed by the ``m - 1`` largest other logits (descending): ``[B, m]``.
+
+    ``compiled``: the columns come from the fused CPU kernel's preselection
+    (:func:`fastsort.kernels.cpu_topk_loss.preselect`, float32 CPU logits; one pass per row
+    instead of a copy, a scatter and ``topk``), which never picks the label's column again;
+    otherwise from ``torch.topk`` (the reference).
+    """
     # the columns are chosen without autograd; one gather then carries the gradient
     # (a single zero-fill + scatter in the backward)
+    if compiled:
+        from .kernels.cpu_topk_loss import preselect as compiled_preselect
+
+        return logits.gather(1, compiled_preselect(logits, labels, m))
     lab = labels.unsqueeze(1)
     top = _without_labels(logits, lab).topk(m - 1, dim=1, sorted=True).indices
     sel = logits.gather(1, torch.cat([lab, top], dim=1))
@@ -247,15 +257,19 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
         # ignored rows: the kernel sees label 0 there, and their loss (hence their gradient) is masked out
         loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), "none", be)
         return _masked_mean(loss, valid, reduction)
-    # a +inf logit makes its row NaN (loss and gradient), as torch's cross-entropy, whatever the method
-    # (the fused kernel's preselection gives NaN for it by itself)
-    # (on the host a finite sum says there is none: no second elementwise pass over the logits)
-    nan_rows = None if finite_on_host(logits) else torch.where((logits == math.inf).any(1), math.nan, 1.0)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels
     if m is not None:
-        x = preselect(x, labels, m)
+        # the wires: the compiled preselection where ``auto`` picks the CPU kernels (whether or not the
+        # method has any), torch.topk otherwise
+        x = preselect(x, labels, m, compiled=backend == "auto" and choose_backend(x, "auto", ("numba",)) == "numba")
         y = torch.zeros_like(labels)
+    # a +inf logit makes its row NaN (loss and gradient), as torch's cross-entropy, whatever the method
+    # (the fused kernel's preselection gives NaN for it by itself); with preselection a row's +inf is
+    # among its wires (only NaN ranks above it, and a NaN wire makes the row NaN anyway), so the test
+    # reads the [B, m] wires, not the logits; on the host a finite sum says there is none (no second
+    # elementwise pass)
+    nan_rows = None if finite_on_host(x) else torch.where((x == math.inf).any(1), math.nan, 1.0)
     q = meth.loss_column(x, y, tuple(c), params, be) if any(c) else x.new_zeros(B)
     if top1_mode == "sm":
         q = q + p[0] * torch.softmax(x, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)

@@ -47,7 +47,7 @@ import torch
 from .cpu_network import comparators, run_parallel
 from .cpu_relaxations import alphas, check_code, relaxation_code, slopes
 
-__all__ = ["MODE_CODES", "topk_ce_fwd", "topk_ce_bwd"]
+__all__ = ["MODE_CODES", "preselect", "topk_ce_fwd", "topk_ce_bwd"]
 
 #: top1_mode -> the kernel's integer code (the Triton kernel's ``MODE`` values)
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
@@ -89,17 +89,44 @@ def _order_key(bits):
 
 
 @numba.njit(**_JIT)
-def _preselect(row, label, x, col, key):
+def _lane_bound(keys, L):
+    """The least of the maxima of ``L`` groups of ``keys [C]`` (int32 order keys of the logits, see
+    :func:`_order_key`; ``C >= L``), a group being the columns with one remainder modulo ``L``:
+    the loop over a run of ``L`` columns updates ``L`` running maxima at once (it vectorises)."""
+    C = keys.shape[0]
+    top = np.full(L, np.int32(-0x80000000))
+    runs = C // L
+    for r in range(runs):
+        base = r * L
+        for j in range(L):
+            top[j] = max(top[j], _order_key(keys[base + j]))
+    for i in range(runs * L, C):
+        top[i - runs * L] = max(top[i - runs * L], _order_key(keys[i]))
+    bound = np.int32(0x7FFFFFFF)
+    for j in range(L):
+        bound = min(bound, top[j])
+    return bound
+
+
+@numba.njit(**_JIT)
+def _preselect(row, label, x, col, key, cand):
     """``x[0], col[0]`` = the label's logit and column; ``x[1:], col[1:]`` = the ``K = m - 1``
     largest other logits of ``row [C]`` (float32; descending, lower column first among ties, NaN
-    first).  ``key`` is an int32 ``[1]`` scratch.
+    first).  Scratch: ``key`` int32 ``[1]``, ``cand`` int32 ``[C]``.
 
-    1. A lower bound ``T`` of the K-th largest other logit, in one vectorised pass: the least of the
-       maxima of ``K + 1`` contiguous groups of columns (``K + 1`` distinct logits, at most one of
-       them the label's, are ``>= T``).  The maxima are taken over int32 keys that order like the
-       floats (an integer max vectorises, a float max with NaN semantics does not).
-    2. One pass inserting the candidates (``not v < T``: at least K of them, ~2 K for random rows)
-       into a sorted list; once it is full, only logits above its last entry (or NaN).
+    1. A lower bound ``T`` of the K-th largest other logit: the least of the maxima of ``G >= K + 1``
+       groups of columns (``G`` distinct logits, at most one of them the label's, are ``>= T``):
+       ``G`` = ``K + 1`` rounded up to a multiple of 16, the groups strided (:func:`_lane_bound`,
+       one vectorised pass), or ``K + 1`` contiguous groups when the row is shorter than that.
+       The maxima are taken over int32 keys that order like the floats (an integer max
+       vectorises, a float max with NaN semantics does not).
+    2. The candidates (``not v < T``: at least K of them besides the label, ~3 K for random rows)
+       listed in column order by a pass without branches (each column is written to the list,
+       which only advances past a candidate).
+    3. The candidates inserted into a sorted list; once it is full, only those above its last
+       entry (or NaN).
+    (Measured at m = 16, C = 1000, one thread: 1.7 us a row against 2.1 us for a bound from
+    contiguous groups and one branching pass that inserts as it scans.)
     """
     C = row.shape[0]
     m = x.shape[0]
@@ -109,43 +136,52 @@ def _preselect(row, label, x, col, key):
     if K == 0:
         return
     keys = row.view(np.int32)
-    G = K + 1  # <= C: every group has a column
-    bound = np.int32(0x7FFFFFFF)
-    for grp in range(G):
-        top = np.int32(-0x80000000)
-        for i in range(grp * C // G, (grp + 1) * C // G):
-            top = max(top, _order_key(keys[i]))
-        bound = min(bound, top)
+    L = 16 * ((K + 16) // 16)
+    if C >= L:
+        bound = _lane_bound(keys, L)
+    else:
+        G = K + 1  # <= C: every group has a column
+        bound = np.int32(0x7FFFFFFF)
+        for grp in range(G):
+            top = np.int32(-0x80000000)
+            for i in range(grp * C // G, (grp + 1) * C // G):
+                top = max(top, _order_key(keys[i]))
+            bound = min(bound, top)
     key[0] = _order_key(bound)  # (the map is its own inverse)
     T = key.view(np.float32)[0]
+    n_cand = 0
+    for i in range(C):  # (a NaN T takes every column)
+        cand[n_cand] = i
+        n_cand += not (row[i] < T)
     filled = 0
-    i = 0
-    while filled < K:  # i < C: at least K other logits are >= T (a NaN T accepts them all)
+    last = np.float32(0.0)
+    for t in range(n_cand):
+        i = cand[t]
+        if i == label:
+            continue
         v = row[i]
-        if not (v < T) and i != label:
+        if filled < K:
             filled += 1
             _insert(x, col, filled, np.float64(v), i)
-        i += 1
-    last = np.float32(x[K])
-    for i in range(i, C):
-        v = row[i]
-        if not (v <= last):
+            if filled == K:
+                last = np.float32(x[K])
+        elif not (v <= last):
             val = np.float64(v)
-            if i != label and _ranks_above(val, x[K]):
+            if _ranks_above(val, x[K]):
                 _insert(x, col, K, val, i)
                 last = np.float32(x[K])
 
 
 @numba.njit(**_JIT)
 def _loss_block(b0, logits, labels, v, comps, count, out, idx, code, steepness, art_lambda, mode, p_first, p_rest,
-                need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, key, lane, d, t):
+                need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, key, cand, lane, d, t):
     """Rows ``b0 .. b0 + RB - 1`` of :func:`_topk_ce_run` (those below ``B``), side by side: the
     network runs on ``[m, RB]`` blocks whose innermost loops (over the rows) vectorise.
 
     Scratch (float64 unless said): ``X`` / ``A [D, m, RB]`` every layer's input values and ``a``,
     ``AL [D, M, RB]`` the comparators' ``alpha``; ``xn``, ``a``, ``sm`` (the softmax), ``g``
     ``[m, RB]``; ``cols`` int64 ``[m, RB]``; one row's ``row_x [m]`` / ``row_c`` int64 ``[m]`` (and
-    the preselection's ``key``);
+    the preselection's ``key`` and ``cand``);
     per row ``lane [5, RB]`` (``max``, ``sum exp``, ``dloss/dq_net``, the label's logit, bad label);
     ``d`` float32 / ``t [RB]`` the relaxation's differences and results.
     """
@@ -159,7 +195,7 @@ def _loss_block(b0, logits, labels, v, comps, count, out, idx, code, steepness, 
         if k < rows:
             label = labels[b0 + k]
             bad = label < 0 or label >= C
-            _preselect(logits[b0 + k], 0 if bad else label, row_x, row_c, key)
+            _preselect(logits[b0 + k], 0 if bad else label, row_x, row_c, key, cand)
         else:  # a padding row: finite values, results dropped
             for j in range(m):
                 row_x[j] = 0.0
@@ -306,12 +342,27 @@ def _topk_ce_run(logits, labels, v, comps, count, out, idx, code, steepness, art
     row_x = np.empty(m)
     row_c = np.empty(m, dtype=np.int64)
     key = np.empty(1, dtype=np.int32)
+    cand = np.empty(logits.shape[1], dtype=np.int32)
     lane = np.empty((5, RB))
     d = np.empty(RB, dtype=np.float32)
     t = np.empty(RB)
     for blk in range(first, last):
         _loss_block(blk * RB, logits, labels, v, comps, count, out, idx, code, steepness, art_lambda, mode, p_first,
-                    p_rest, need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, key, lane, d, t)
+                    p_rest, need_grad, X, A, AL, xn, a, sm, g, cols, row_x, row_c, key, cand, lane, d, t)
+
+
+@numba.njit(nogil=True, **_JIT)
+def _preselect_run(logits, labels, idx, first, last):
+    """Rows ``first .. last - 1``: ``idx[b]`` = the columns of :func:`_preselect`'s wires."""
+    m = idx.shape[1]
+    row_x = np.empty(m)
+    row_c = np.empty(m, dtype=np.int64)
+    key = np.empty(1, dtype=np.int32)
+    cand = np.empty(logits.shape[1], dtype=np.int32)
+    for b in range(first, last):
+        _preselect(logits[b], labels[b], row_x, row_c, key, cand)
+        for j in range(m):
+            idx[b, j] = row_c[j]
 
 
 @numba.njit(nogil=True, **_JIT)
@@ -349,6 +400,24 @@ def _position_weights(c, m: int) -> np.ndarray:
         hit[m - len(key[0]):] = key[0][::-1]
         _WEIGHTS[key] = hit
     return hit
+
+
+def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tensor:
+    """The columns of the ``m`` wires of each row, ``[B, m]`` int64: the label's, then the ``m - 1``
+    largest other logits in descending order (lower column first among ties, NaN first), as the
+    fused kernel picks them; for the loss's torch ops (the methods without a fused kernel), which
+    gather their wires through it.  ``logits [B, C]`` float32 CPU, ``labels [B]`` in ``[0, C)``
+    (checked by the caller), ``1 <= m <= C``."""
+    B, C = logits.shape
+    if logits.dtype != torch.float32 or logits.device.type != "cpu" or not 1 <= m <= C:
+        raise ValueError(f"preselect takes float32 CPU logits [B, C] and 1 <= m <= C, got {logits.dtype} "
+                         f"{tuple(logits.shape)} on {logits.device}, m = {m}")
+    x = logits.detach().contiguous()
+    lab = labels.detach().to(torch.int64).contiguous()
+    idx = torch.empty((B, m), dtype=torch.int64)
+    args = (x.numpy(), lab.numpy(), idx.numpy())
+    run_parallel(lambda first, last: _preselect_run(*args, first, last), B, B * C // 4)
+    return idx
 
 
 def topk_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, table, relax_params, m: int, mode: str,

@@ -341,6 +341,63 @@ def test_fused_loss_ties_nan_and_bad_labels():
     assert idx[0, 1] == 7 and torch.isnan(out).all()
 
 
+def _stable_top_others(x, y, m):
+    """The label, then the m - 1 largest other columns by a stable descending sort (NaN first)."""
+    rows = []
+    for b in range(x.shape[0]):
+        cols = np.array([c for c in range(x.shape[1]) if c != int(y[b])])
+        v = x[b, cols].double().numpy()
+        v = np.where(np.isnan(v), np.inf, v)  # NaN first, ties among NaN and +inf in column order
+        nan_first = np.lexsort((np.arange(len(cols)), ~np.isnan(x[b, cols].numpy()), -v))
+        rows.append([int(y[b])] + cols[nan_first][:m - 1].tolist())
+    return rows
+
+
+@pytest.mark.parametrize("B,C,m", [(40, 1003, 16), (9, 25, 20), (9, 40, 17), (5, 12, 1), (64, 100, 33)])
+def test_preselect_columns(B, C, m):
+    """The compiled preselection (the fused kernel's; the loss's torch ops gather through it) against a
+    stable sort: strided-group bound (C >= the groups), contiguous groups (C < 32 for m = 20), ties,
+    NaN, -inf rows, the label never picked twice; the rows split over the threads."""
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(B, C, generator=g)
+    x[1] = torch.randint(0, 3, (C,), generator=g).float()  # ties
+    x[2, 3] = float("nan")
+    x[3] = -INF
+    y = torch.randint(0, C, (B,), generator=g)
+    x[4, y[4]] = INF
+    idx = cl.preselect(x, y, m)
+    assert idx.dtype == torch.int64 and idx.shape == (B, m)
+    assert idx.tolist() == _stable_top_others(x, y, m)
+
+
+def test_preselect_checks():
+    with pytest.raises(ValueError, match="float32 CPU logits"):
+        cl.preselect(torch.randn(2, 5, dtype=torch.float64), torch.zeros(2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="1 <= m <= C"):
+        cl.preselect(torch.randn(2, 5), torch.zeros(2, dtype=torch.long), 6)
+
+
+@pytest.mark.parametrize("method", ["neuralsort", "softsort", "sinkhorn"])
+def test_loss_torch_ops_with_compiled_preselection(method):
+    """The methods without a fused kernel gather their wires through the compiled preselection under
+    ``auto``: the loss and its gradient equal ``backend="torch"``'s (torch.topk), +inf rows NaN."""
+    g = torch.Generator().manual_seed(1)
+    x = (3 * torch.randn(50, 300, generator=g))
+    y = torch.randint(0, 300, (50,), generator=g)
+    x[7, 11] = INF
+    kw = dict(m=16, inverse_temperature=0.5, reduction="none")
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la = fastsort.topk_cross_entropy(a, y, [0.5, 0, 0, 0, 0.5], method, backend="auto", **kw)
+    lb = fastsort.topk_cross_entropy(b, y, [0.5, 0, 0, 0, 0.5], method, backend="torch", **kw)
+    assert la[7].isnan() and torch.isfinite(la[torch.arange(50) != 7]).all()
+    torch.testing.assert_close(la, lb, equal_nan=True)
+    G = torch.randn(50, generator=g)
+    G[7] = 0
+    (la.nan_to_num() * G).sum().backward()
+    (lb.nan_to_num() * G).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_fused_loss_backward_scatter(dtype):
     """``scale * grad_out * out[:, col0:col0 + m]`` at the columns ``idx``, 0 elsewhere."""
