@@ -11,8 +11,10 @@ Both return rows of the relaxed permutation matrix in *descending* rank order
 
 Cost ``O(n k)`` for ``k`` rows, never an ``n x n`` intermediate unless all
 rows are requested.  Plain autograd is exact and memory-light here, so these
-methods have no kernels: their torch ops run on any device
-(docs/design.md, "NeuralSort and SoftSort").
+torch ops run on any device (docs/design.md, "NeuralSort and SoftSort");
+SoftSort has compiled CPU kernels besides (:mod:`fastsort.kernels.cpu_softsort`,
+picked by ``backend="auto"`` for finite float32 CPU rows with ``pow = 1``),
+which do in two passes per row what the elementwise ops do in eight.
 
 What they guarantee: every row of ``P`` is a softmax, so it sums to 1 and the
 soft sorted values (``P x``) stay within ``[min x, max x]``; the *columns* do
@@ -31,10 +33,12 @@ zero gradient.
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 
 from ._dispatch import finite_on_host
+from ._kernel_op import KernelOp
 from ._validate import as_positive
 from .method import RowsMethod
 
@@ -111,7 +115,34 @@ def _neuralsort_rows_finite(s: torch.Tensor, k: int, tau: float) -> torch.Tensor
     return torch.softmax(logits, dim=-1)
 
 
-def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float) -> torch.Tensor:
+def _softsort_fwd(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.cpu_softsort import softsort_fwd
+
+    return softsort_fwd(s, k, tau)
+
+
+def _softsort_fwd_fake(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return s.new_empty((s.shape[0], k, s.shape[1])), s.new_empty((s.shape[0], k), dtype=torch.int64)
+
+
+def _softsort_bwd(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    from .kernels.cpu_softsort import softsort_bwd
+
+    return softsort_bwd(grad, s, top_idx, tau)
+
+
+def _softsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, k: int, tau: float
+                       ) -> torch.Tensor:
+    return torch.empty_like(s)
+
+
+#: SoftSort's rows by the compiled CPU kernels (finite float32 rows, ``pow = 1``): the forward's
+#: outputs are ``P`` and the columns of the sorted values; the backward recomputes ``P``
+softsort_op = KernelOp("softsort", _softsort_fwd, _softsort_bwd, forward_fake=_softsort_fwd_fake,
+                       backward_fake=_softsort_bwd_fake, n_outputs=1, save_inputs=(0,))
+
+
+def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float, backend: str = "torch") -> torch.Tensor:
     """Top ``k`` rows of SoftSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
 
     Equal entries (equal infinities included) are at distance 0; an infinity is at
@@ -119,7 +150,14 @@ def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float) -> torch.Tens
     against finite entries.  ``|d| ** pow`` is given gradient 0 at ``d = 0`` (its
     derivative is infinite there for ``pow < 1``, where the diagonal would
     otherwise make every gradient NaN) and at ``d = inf``.
+
+    ``backend="numba"`` (float32 CPU rows): finite rows with ``pow = 1`` run the compiled
+    kernels of :mod:`fastsort.kernels.cpu_softsort` (the same formula, its hand-written
+    backward), anything else these torch ops.
     """
+    if backend == "numba" and pow == 1.0 and s.dtype == torch.float32 and s.device.type == "cpu" \
+            and s.dim() == 2 and finite_on_host(s):
+        return softsort_op(s, k, float(tau))
     top = s.topk(k, dim=-1, sorted=True).values if k < s.shape[-1] else s.sort(dim=-1, descending=True).values
     if pow == 1.0 and finite_on_host(s):  # no inf - inf to route: three passes over the n k entries
         return torch.softmax((s.unsqueeze(-2) - top.unsqueeze(-1)).abs() * (-1.0 / tau), dim=-1)
@@ -165,6 +203,7 @@ class SoftSort(NeuralSort):
     """SoftSort (Prillo and Eisenschlos, ICML 2020); parameters ``tau=1.0``, ``pow=1.0``."""
 
     defaults = {"tau": 1.0, "pow": 1.0}
+    kernels = ("numba",)
 
     def check(self, p):
         p = super().check(p)
@@ -172,4 +211,4 @@ class SoftSort(NeuralSort):
         return p
 
     def topk(self, x, k, p, backend):
-        return softsort_rows(x, k, p["tau"], p["pow"])
+        return softsort_rows(x, k, p["tau"], p["pow"], backend)

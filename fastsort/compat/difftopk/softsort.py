@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._dispatch import choose_backend
 from ...softmax_sorts import softsort_rows
 from .neuralsort import check_scores, positive, straight_through
 
@@ -27,7 +28,9 @@ class SoftSort(torch.nn.Module):
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         x = check_scores(scores)
-        P_hat = softsort_rows(x, x.shape[1], positive(self.tau, "tau"), positive(self.pow, "pow"))
+        # (the compiled CPU kernels where fastsort's backend="auto" would pick them)
+        P_hat = softsort_rows(x, x.shape[1], positive(self.tau, "tau"), positive(self.pow, "pow"),
+                              choose_backend(x, "auto", ("numba",)))
         if self.hard:
             P_hat = straight_through(P_hat, P_hat.topk(1, -1)[1])
         return P_hat.to(scores.dtype)

@@ -1,0 +1,163 @@
+"""Compiled CPU kernels (numba) of SoftSort's rows: ``P[r, i, j] = softmax_j(-|t_i - s_j| / tau)``.
+
+The math is :func:`fastsort.softmax_sorts.softsort_rows`' (docs/design.md,
+"NeuralSort and SoftSort"), for finite float32 rows and ``pow = 1``, with
+``t = `` the ``k`` largest values of the row in decreasing order (``torch.topk``,
+done by the launcher).  Per row ``r`` and rank ``i``, over the ``n`` columns:
+
+* **forward**: ``z_j = -|t_i - s_j| / tau <= 0`` (its maximum is 0, at the
+  column that ``t_i`` came from, so the softmax needs no max pass), ``e_j =
+  exp(z_j)``, ``P_ij = e_j / sum(e)``: two passes over the row, against the
+  five elementwise ops and the three passes of ``torch.softmax`` that the
+  torch path runs on the ``k x n`` entries, forward and again backward;
+* **backward**, from ``g = dL/dP``: ``P`` recomputed (nothing of size ``k n``
+  saved), ``dz_j = P_ij (g_ij - sum_l g_il P_il)`` and, with ``sigma_j =
+  sign(t_i - s_j)`` (0 at a tie: the derivative of ``|d|`` torch takes at 0),
+  ``dL/ds_j -= dz_j sigma_j / tau`` and ``dL/dt_i += sum_j dz_j sigma_j /
+  tau``; the latter goes to the column ``t_i`` came from.
+
+The exponential is computed in float32 by the vectorising helper
+:func:`exp_nonpositive_row` (numba's ``math.exp`` is a scalar libm call, 2-3x
+slower than the row's whole softmax here): ``exp(z) = 2^q exp(f)`` with ``q =
+round(z / ln 2)``, ``f = z - q ln 2`` in two parts (Cody and Waite), ``exp(f)``
+by the degree-7 polynomial of Cephes' ``expf`` (relative error below 2e-7 on
+``|f| <= ln 2 / 2``), and ``2^q`` built from its exponent bits; ``z <
+-87.3`` gives 0 (torch's float32 ``exp`` gives a denormal there, below 1.2e-38).
+Sums are float64.  Threads: :func:`fastsort.kernels.cpu_network.run_parallel`
+over rows.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numba
+import numpy as np
+import torch
+
+from .cpu_network import run_parallel
+
+__all__ = ["softsort_fwd", "softsort_bwd", "exp_nonpositive_row"]
+
+#: numpy's error model (IEEE division, no zero checks); reassociation lets the row sums vectorise
+_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+
+
+@numba.njit(inline="always", **_JIT)
+def exp_nonpositive_row(e, scale, bits, m):
+    """``e[:m] = exp(e[:m])`` for float32 ``e <= 0`` (see the module docstring); ``bits`` is an int32
+    scratch of ``m`` (or more) entries and ``scale`` its float32 view.  Both loops vectorise."""
+    for j in range(m):
+        z = e[j]
+        ok = z >= np.float32(-87.3)  # exp(-87.3) = 1.3e-38: q >= -126 below, a normal float
+        z = max(z, np.float32(-87.3))
+        q = np.float32(np.floor(z * np.float32(1.44269504088896341) + np.float32(0.5)))
+        f = z - q * np.float32(0.693359375)
+        f = f - q * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * f + np.float32(1.3981999507e-3)
+        p = p * f + np.float32(8.3334519073e-3)
+        p = p * f + np.float32(4.1665795894e-2)
+        p = p * f + np.float32(1.6666665459e-1)
+        p = p * f + np.float32(5.0000001201e-1)
+        e[j] = (p * f * f + f + np.float32(1.0)) * np.float32(ok)
+        bits[j] = (np.int32(q) + np.int32(127)) << np.int32(23)
+    for j in range(m):
+        e[j] *= scale[j]
+
+
+@numba.njit(inline="always", **_JIT)
+def _row_probabilities(s, t, c, e, scale, bits, n):
+    """``e[:n] = softmax(-|t - s| c)`` for one rank (``s [n]`` float32, ``t`` its value)."""
+    for j in range(n):
+        e[j] = -abs(t - s[j]) * c
+    exp_nonpositive_row(e, scale, bits, n)
+    total = 0.0
+    for j in range(n):
+        total += e[j]
+    inv = np.float32(1.0 / total)
+    for j in range(n):
+        e[j] *= inv
+
+
+@numba.njit(**_JIT)
+def _forward_rows(s, top, P, c, first, last):
+    """``P[r] [k, n]`` for rows ``first .. last - 1`` of ``s [R, n]``, ``top [R, k]`` (its values)."""
+    n = s.shape[1]
+    k = top.shape[1]
+    bits = np.empty(n, dtype=np.int32)
+    scale = bits.view(np.float32)
+    for r in range(first, last):
+        for i in range(k):
+            _row_probabilities(s[r], top[r, i], c, P[r, i], scale, bits, n)
+
+
+@numba.njit(**_JIT)
+def _backward_rows(g, s, top, top_idx, ds, c, first, last):
+    """``ds [R, n] = dL/ds`` for rows ``first .. last - 1`` from ``g = dL/dP [R, k, n]``."""
+    n = s.shape[1]
+    k = top.shape[1]
+    e = np.empty(n, dtype=np.float32)
+    bits = np.empty(n, dtype=np.int32)
+    scale = bits.view(np.float32)
+    for r in range(first, last):
+        srow = s[r]
+        drow = ds[r]
+        for j in range(n):
+            drow[j] = 0.0
+        for i in range(k):
+            t = top[r, i]
+            _row_probabilities(srow, t, c, e, scale, bits, n)
+            grow = g[r, i]
+            dot = 0.0
+            for j in range(n):
+                dot += grow[j] * e[j]
+            dotf = np.float32(dot)
+            dt = 0.0
+            for j in range(n):
+                d = t - srow[j]
+                sign = np.float32(d > 0) - np.float32(d < 0)
+                w = e[j] * (grow[j] - dotf) * sign * c  # dL/dz_j dz_j/ds_j = -dL/dz_j dz_j/dt_i
+                drow[j] += w
+                dt -= w
+            drow[top_idx[r, i]] += np.float32(dt)
+
+
+def _check(s: torch.Tensor) -> None:
+    if s.device.type != "cpu" or s.dtype != torch.float32 or s.dim() != 2:
+        raise ValueError(f"the numba SoftSort kernels take float32 CPU rows [R, n], got {s.dtype} "
+                         f"{tuple(s.shape)} on {s.device}")
+
+
+def top_values(s: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest values of each row, decreasing, and their columns (as the torch path sorts)."""
+    if k < s.shape[-1]:
+        return s.topk(k, dim=-1, sorted=True)
+    return s.sort(dim=-1, descending=True)
+
+
+def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(P [R, k, n], top_idx [R, k])`` for finite float32 CPU rows ``s [R, n]``."""
+    _check(s)
+    s = s.detach().contiguous()
+    R, n = s.shape
+    top, top_idx = top_values(s, k)
+    P = torch.empty((R, k, n), dtype=torch.float32)
+    if R and n and k:
+        args = (s.numpy(), top.contiguous().numpy(), P.numpy(), np.float32(1.0 / tau))
+        run_parallel(lambda first, last: _forward_rows(*args, first, last), R, R * k * n // 4)
+    return P, top_idx
+
+
+def softsort_bwd(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, tau: float) -> torch.Tensor:
+    """``dL/ds [R, n]`` from ``dL/dP [R, k, n]`` and what :func:`softsort_fwd` took and returned."""
+    _check(s)
+    s = s.detach().contiguous()
+    R, n = s.shape
+    k = top_idx.shape[1]
+    g = grad.detach().to(torch.float32).contiguous()
+    ds = torch.empty((R, n), dtype=torch.float32)
+    if R and n:
+        top = s.gather(1, top_idx)
+        args = (g.numpy(), s.numpy(), top.numpy(), top_idx.contiguous().numpy(), ds.numpy(), np.float32(1.0 / tau))
+        run_parallel(lambda first, last: _backward_rows(*args, first, last), R, R * k * n // 2)
+    return ds
