@@ -102,7 +102,8 @@ def _flatten(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, Tuple[int, ...]]:
         raise ValueError(f"x has 0 elements along dim={dim}; there is nothing to sort")
     lead = tuple(xm.shape[:-1])
     rows = xm if xm.dim() == 2 else xm.reshape(-1, n)  # (a 2-D input needs no view node in the graph)
-    return rows.to(compute_dtype(x.dtype)), lead
+    cd = compute_dtype(x.dtype)
+    return (rows if rows.dtype == cd else rows.to(cd)), lead  # (a same-dtype .to still costs a dispatch)
 
 
 def _start(x, method: str, op: str, dim, backend: str, params) -> Tuple[Method, Dict[str, Any], torch.Tensor,
@@ -128,7 +129,7 @@ def _restore(y: torch.Tensor, lead: Tuple[int, ...], dim: int, like: torch.Tenso
         y = y.reshape(lead + (y.shape[-1],))
     if dim not in (-1, y.dim() - 1):
         y = y.movedim(-1, dim)
-    return y.to(like.dtype)
+    return y if y.dtype == like.dtype else y.to(like.dtype)
 
 
 # --------------------------------------------------------------------------- public ops

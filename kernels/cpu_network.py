@@ -402,8 +402,11 @@ def run_parallel(fn: Callable[[int, int], None], items: int, work: int) -> None:
     thread), and whose parallel compilation passes cost several seconds per kernel on a cold cache
     (the cold compile of the network kernels went from ~100 s to ~40 s on that loaded machine).
     """
+    if work < SERIAL_WORK or items <= 1:  # (before asking numba for its threads: ~5 us a call)
+        fn(0, items)
+        return
     threads = numba.get_num_threads()
-    if work < SERIAL_WORK or threads == 1 or items <= 1:
+    if threads == 1:
         fn(0, items)
         return
     runs = min(items, 2 * threads)  # (more runs than threads: a slow thread takes fewer)
