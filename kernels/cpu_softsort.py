@@ -122,6 +122,76 @@ def _backward_rows(g, s, top, top_idx, ds, c, first, last):
             drow[top_idx[r, i]] += np.float32(dt)
 
 
+#: rows whose ``k x n`` block has at most this many entries run the block kernels below: one
+#: exponential loop over the whole block (a loop over the 16 entries of one rank runs in its scalar
+#: remainder and does not vectorise); measured 2x (forward) and 2.6x (backward) faster at n = 16
+SHORT_BLOCK = 16384
+
+
+@numba.njit(**_JIT)
+def _forward_block_rows(s, top, P, c, first, last):
+    """:func:`_forward_rows` for ``k n <= SHORT_BLOCK``: each row's ``[k, n]`` block at once."""
+    n = s.shape[1]
+    k = top.shape[1]
+    m = k * n
+    bits = np.empty(m, dtype=np.int32)
+    scale = bits.view(np.float32)
+    for r in range(first, last):
+        flat = P[r].reshape(m)
+        srow = s[r]
+        for i in range(k):
+            t = top[r, i]
+            for j in range(n):
+                flat[i * n + j] = -abs(t - srow[j]) * c
+        exp_nonpositive_row(flat, scale, bits, m)
+        for i in range(k):
+            total = 0.0
+            for j in range(n):
+                total += flat[i * n + j]
+            inv = np.float32(1.0 / total)
+            for j in range(n):
+                flat[i * n + j] *= inv
+
+
+@numba.njit(**_JIT)
+def _backward_block_rows(g, s, top, top_idx, ds, c, first, last):
+    """:func:`_backward_rows` for ``k n <= SHORT_BLOCK``: each row's ``[k, n]`` block at once."""
+    n = s.shape[1]
+    k = top.shape[1]
+    m = k * n
+    e = np.empty(m, dtype=np.float32)
+    bits = np.empty(m, dtype=np.int32)
+    scale = bits.view(np.float32)
+    for r in range(first, last):
+        srow = s[r]
+        drow = ds[r]
+        grow = g[r].reshape(m)
+        for i in range(k):
+            t = top[r, i]
+            for j in range(n):
+                e[i * n + j] = -abs(t - srow[j]) * c
+        exp_nonpositive_row(e, scale, bits, m)
+        for j in range(n):
+            drow[j] = 0.0
+        for i in range(k):
+            total = 0.0
+            dot = 0.0
+            for j in range(n):
+                total += e[i * n + j]
+                dot += grow[i * n + j] * e[i * n + j]
+            inv = np.float32(1.0 / total)  # P_ij = e_j inv
+            dotf = np.float32(dot / total)  # sum_l g_il P_il
+            t = top[r, i]
+            dt = 0.0
+            for j in range(n):
+                d = t - srow[j]
+                sign = np.float32(d > 0) - np.float32(d < 0)
+                w = e[i * n + j] * inv * (grow[i * n + j] - dotf) * sign * c
+                drow[j] += w
+                dt -= w
+            drow[top_idx[r, i]] += np.float32(dt)
+
+
 def _check(s: torch.Tensor) -> None:
     if s.device.type != "cpu" or s.dtype != torch.float32 or s.dim() != 2:
         raise ValueError(f"the numba SoftSort kernels take float32 CPU rows [R, n], got {s.dtype} "
@@ -144,7 +214,8 @@ def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, tor
     P = torch.empty((R, k, n), dtype=torch.float32)
     if R and n and k:
         args = (s.numpy(), top.contiguous().numpy(), P.numpy(), np.float32(1.0 / tau))
-        run_parallel(lambda first, last: _forward_rows(*args, first, last), R, R * k * n // 4)
+        kernel = _forward_block_rows if k * n <= SHORT_BLOCK else _forward_rows
+        run_parallel(lambda first, last: kernel(*args, first, last), R, R * k * n // 4)
     return P, top_idx
 
 
@@ -159,5 +230,6 @@ def softsort_bwd(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, tau
     if R and n:
         top = s.gather(1, top_idx)
         args = (g.numpy(), s.numpy(), top.numpy(), top_idx.contiguous().numpy(), ds.numpy(), np.float32(1.0 / tau))
-        run_parallel(lambda first, last: _backward_rows(*args, first, last), R, R * k * n // 2)
+        kernel = _backward_block_rows if k * n <= SHORT_BLOCK else _backward_rows
+        run_parallel(lambda first, last: kernel(*args, first, last), R, R * k * n // 2)
     return ds

@@ -51,7 +51,8 @@ def batch(R, n, seed):
     return s
 
 
-@pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (9, 100, 100), (3, 257, 40)])
+@pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (9, 100, 100), (3, 257, 40),
+                                   (2, 300, 70)])  # (the last: k n > SHORT_BLOCK, the per-rank kernels)
 @pytest.mark.parametrize("tau", [0.3, 2.0])
 def test_kernels_match_torch_ops(R, n, k, tau):
     s = batch(R, n, seed=n)
@@ -65,6 +66,10 @@ def test_kernels_match_torch_ops(R, n, k, tau):
     (P64 * G.double()).sum().backward()
     ds = cs.softsort_bwd(G, s, top_idx, tau)
     assert_close(ds, s64.grad.float(), rtol=1e-5, atol=1e-5 * max(1.0, s64.grad.abs().max().item()))
+
+
+def test_both_kernel_variants_are_tested():
+    assert 300 * 70 > cs.SHORT_BLOCK >= 257 * 40
 
 
 def test_kernels_check_their_inputs():
