@@ -1,14 +1,19 @@
 """``TopKCrossEntropyLoss`` under ``torch.nn.parallel.DistributedDataParallel``.
 
-Two CPU processes (gloo, ``torch.multiprocessing.spawn``, a free local port) each take half of a global
+Two CPU processes (gloo over the loopback interface, a file store for the rendezvous,
+``torch.multiprocessing.spawn``) each take half of a global
 batch; DDP averages their gradients, which must equal the gradients of one process on the whole
 batch (the loss is a per-row mean, and both halves have the same size).  One spawn covers several
 methods, with and without top-m preselection.  Cost: two fresh interpreters importing torch and
 fastsort, ~10-20 s on a loaded 2-core machine.
+
+Twice a fresh-clone CI run saw the workers hang (on a machine other than the developer's).  The
+rendezvous therefore needs no free port (a ``file://`` store in the test's tmp dir), gloo is pinned to
+the loopback interface (by default it connects to whatever address the host name resolves to), and each
+worker logs the stage it reached, so a timeout says where it stopped.
 """
 import datetime
 import os
-import socket
 import time
 
 import torch
@@ -45,11 +50,18 @@ def _grads(model, crit, x, y):
     return [p.grad.detach().clone() for p in model.parameters()]
 
 
-def _worker(rank, port, out_dir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _log(out_dir, rank, stage):
+    with open(os.path.join(out_dir, f"rank{rank}.log"), "a") as f:
+        f.write(f"{time.monotonic():.1f} {stage}\n")
+
+
+def _worker(rank, out_dir):
+    _log(out_dir, rank, "started")
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "store"), rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    _log(out_dir, rank, "process group up")
     try:
         x, y = _data()
         shard = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
@@ -58,26 +70,26 @@ def _worker(rank, port, out_dir):
             model = torch.nn.parallel.DistributedDataParallel(_model(i))
             crit = fastsort.TopKCrossEntropyLoss(P_K, method, m=m, inverse_temperature=it, backend="torch")
             result.append(_grads(model, crit, x[shard], y[shard]))
+            _log(out_dir, rank, f"{method} m={m} done")
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _stages(out_dir):
+    logs = sorted(out_dir.glob("rank*.log"))
+    return "; ".join(f"{p.stem}: " + " | ".join(p.read_text().split("\n")[-4:]).strip(" |") for p in logs) or "no worker started"
 
 
 def test_ddp_gradients_equal_a_single_process(tmp_path):
     # a deadline instead of join=True: a stuck worker fails the test instead of hanging the suite
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 300
+    ctx = mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 180
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
             for proc in ctx.processes:
                 proc.kill()
-            raise AssertionError("DDP workers did not finish within 300 s")
+            raise AssertionError(f"DDP workers did not finish within 180 s; last stages: {_stages(tmp_path)}")
     x, y = _data()
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for i, (method, m, it) in enumerate(CONFIGS):
