@@ -5,7 +5,7 @@ A GPU machine is lent rarely and briefly, so ``gpu_bench.py`` and
 with tiny sizes, the Triton rows under the interpreter: every row must run
 (no error rows), the Triton rows must agree with the torch backend (the table's
 "rel. diff vs ref" column), and every goal line and profile section must be
-printed.  ~15 s.
+printed.  ~20-25 s each on 2 cores: marked ``slow`` (run by ``.ci/run`` after the default suite).
 """
 import os
 import re
@@ -18,6 +18,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow
 
 
 def _run(script, *args):

@@ -9,8 +9,9 @@ and ``fullgraph=True`` (any graph break raises), and must give the eager loss
 and parameter gradients; a second call with new data of the same shapes must
 not recompile.
 
-Cost: one Inductor compile of forward and backward per backend, ~25 s on a 2-core CPU
-(seconds once Inductor's cache is warm); keep this file to this single compiled function.
+Cost: one Inductor compile of forward and backward per backend, ~15-40 s on a 2-core CPU
+(seconds once Inductor's cache is warm); keep this file to this single compiled function.  The
+fresh-process compiles and the Sinkhorn kernels traced under the interpreter are marked ``slow``.
 """
 import pytest
 import torch
@@ -91,6 +92,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter and two cold Inductor compiles per backend: ~30-45 s each
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_compiled_first_in_a_fresh_process_with_new_batch_sizes(device, backend):
     """A model compiled before any eager fastsort call (empty caches: the custom ops' fake
@@ -128,9 +130,13 @@ def _check_aot_eager(f, device, shapes, dynamic=None):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
+_SLOW = pytest.mark.slow  # Sinkhorn's interpreted kernels, or n x n torch graphs, traced for two batch sizes: 12-60 s
+
+
 @pytest.mark.parametrize("method,backend,params", [
-    ("sinkhorn", "torch", {}), ("sinkhorn", "triton", {}), ("sinkhorn", "torch", {"squash": False}),
-    ("sinkhorn", "triton", {"squash": False}), ("neuralsort", "torch", {}), ("softsort", "torch", {}),
+    ("sinkhorn", "torch", {}), pytest.param("sinkhorn", "triton", {}, marks=_SLOW),
+    ("sinkhorn", "torch", {"squash": False}), pytest.param("sinkhorn", "triton", {"squash": False}, marks=_SLOW),
+    pytest.param("neuralsort", "torch", {}, marks=_SLOW), pytest.param("softsort", "torch", {}, marks=_SLOW),
     ("splitter_selection", "triton", {})])
 def test_fullgraph_every_op(device, method, backend, params):
     """Every public op of a method in one ``fullgraph=True`` graph, values and gradients equal to eager
@@ -150,7 +156,7 @@ def test_fullgraph_every_op(device, method, backend, params):
     _check_aot_eager(f, device, [(4, 12), (6, 12)])
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.slow), "triton"])
 def test_dynamic_shapes(device, backend):
     """``dynamic=True``: batch size and row length symbolic (scalar checks must not call ``math``
     functions on symbolic floats), the network, fused-loss and Sinkhorn ops, vs eager."""

@@ -148,8 +148,10 @@ def test_networks(op, method, n, k, device, kernel_calls):
     check_vs_torch(op_fn(op, method, k), scores(5, n), device, kernel_calls)  # defaults: cauchy, steepness 10
 
 
-@pytest.mark.parametrize("op,method,k", [("topk", "bitonic", 5), ("topk", "splitter_selection", 5),
-                                         ("perm", "odd_even", None), ("rank", "bitonic", None)])
+@pytest.mark.parametrize("op,method,k", [
+    ("topk", "bitonic", 5), ("topk", "splitter_selection", 5),
+    pytest.param("perm", "odd_even", None, marks=pytest.mark.slow),  # 33 layers of 3 one-row programs: ~50 s
+    ("rank", "bitonic", None)])
 def test_gpu_launch_configuration(op, method, k, gpu_launch_configs, device, kernel_calls):
     """The GPU's launch configuration run by the interpreter: one row per program (3 rows < 256
     programs) and, for the sweeps, one line per program (split columns, atomic gW)."""

@@ -120,7 +120,8 @@ def isotonic():
     return isotonic
 
 
-TRITON_CASES = [(op, reg, n) for op, reg in CONFIGS for n in (1, 2, 3, 7, 100)] + [("rank", "l2", 1000)]
+TRITON_CASES = [(op, reg, n) for op, reg in CONFIGS for n in (1, 2, 3, 7, 100)] + [
+    pytest.param("rank", "l2", 1000, marks=pytest.mark.slow)]  # ~15 s interpreted
 
 
 @pytest.mark.parametrize("op,reg,n", TRITON_CASES)
