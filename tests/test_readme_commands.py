@@ -32,7 +32,10 @@ def test_ci_runs_the_readme_test_command():
     assert "pip install" in main and "fastsort.demo" in main, main
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.strip().startswith("#")]
-    assert ci[-1] == tests, f".ci/run should end with README's test command {tests!r}, ends with {ci[-1]!r}"
+    commands = [line.strip() for line in tests.splitlines()]
+    assert commands[0] == "python -m pytest tests -q", commands
+    assert ci[-len(commands):] == commands, \
+        f".ci/run should end with README's test commands {commands!r}, ends with {ci[-len(commands):]!r}"
 
 
 @pytest.mark.skipif(os.environ.get("FASTSORT_TEST_README_VENV") != "1",
@@ -54,7 +57,7 @@ def test_readme_main_command_in_a_fresh_venv(tmp_path):
     python = venv / "bin" / "python"
     assert subprocess.run([str(python), "-c", "import fastsort, sys; sys.exit(0 if fastsort.__file__.startswith("
                            f"{str(ROOT)!r}) else 1)"], env=env).returncode == 0
-    collect = subprocess.run(["bash", "-c", tests.replace(" -q", " -q --collect-only")], cwd=ROOT, env=env,
+    collect = subprocess.run(["bash", "-ec", tests.replace(" -q", " -q --collect-only")], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert collect.returncode == 0 and re.search(r"\d+ tests collected", collect.stdout), \
         f"README's test command does not collect in the fresh venv:\n{collect.stdout[-3000:]}\n{collect.stderr[-2000:]}"
