@@ -70,11 +70,12 @@ def aot_rest():
     return _run_driver("rest")
 
 
-@pytest.mark.parametrize("test_id", [
-    pytest.param(f"{tid}@sm{arch}", marks=() if tid in FIRST else pytest.mark.slow)
+@pytest.mark.parametrize("test_id,part", [
+    pytest.param(f"{tid}@sm{arch}", "first") if tid in FIRST else
+    pytest.param(f"{tid}@sm{arch}", "rest", marks=pytest.mark.slow)
     for _, tid in VARIANTS for arch in ARCHS])
-def test_variant_compiles(test_id, request):
-    report = request.getfixturevalue("aot_first" if test_id.rsplit("@", 1)[0] in FIRST else "aot_rest")
+def test_variant_compiles(test_id, part, request):
+    report = request.getfixturevalue(f"aot_{part}")
     assert test_id in report, f"{test_id} missing from the AOT report"
     err = report[test_id]
     assert err is None, f"{test_id} failed to compile:\n{err}"
@@ -83,13 +84,13 @@ def test_variant_compiles(test_id, request):
 @pytest.mark.parametrize("part", ["first", pytest.param("rest", marks=pytest.mark.slow)])
 def test_report_has_exactly_the_variants(part, request):
     report = request.getfixturevalue(f"aot_{part}")
-    expected = {f"{tid}@sm{arch}" for _, tid in aot.variants(part) for arch in ARCHS}
-    assert len({tid for _, tid in VARIANTS}) == len(VARIANTS), "variant ids are not unique across the kernel modules"
-    assert set(report) == expected
+    assert set(report) == {f"{tid}@sm{arch}" for _, tid in aot.variants(part) for arch in ARCHS}
 
 
 def test_parts_split_the_variants():
-    """``first`` holds exactly one variant of every kernel, and ``first`` + ``rest`` are all of them."""
+    """Variant ids are unique; ``first`` holds exactly one variant of every kernel, and ``first`` +
+    ``rest`` are all of them."""
+    assert len({tid for _, tid in VARIANTS}) == len(VARIANTS), "variant ids are not unique across the kernel modules"
     first, rest = aot.variants("first"), aot.variants("rest")
     assert sorted(first + rest) == sorted(VARIANTS) and not set(first) & set(rest)
     kernels = {(mod, fn.fn.__name__) for mod in aot.MODULES for _, fn, *_ in importlib.import_module(mod).aot_variants()}

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # one quick report, ~50 s on 2 cores: run by .ci/run after the default suite
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADER_KEYS = {"cpu", "logical_cores", "gpu", "device", "torch", "triton", "numba", "fastsort", "peers", "commit",
                "dirty", "date", "command"}
-pytestmark = pytest.mark.slow  # one quick report, ~50 s on 2 cores: run by .ci/run after the default suite
 RESULT_KEYS = {"id", "label", "kind", "op", "n", "B", "mode", "status"}
 MEASURED = ("median_ms", "peak_mb", "first_call_ms")
 

@@ -77,8 +77,9 @@ def _worker(rank, out_dir):
 
 
 def _stages(out_dir):
+    """The last stages each worker logged, for the timeout message."""
     logs = sorted(out_dir.glob("rank*.log"))
-    return "; ".join(f"{p.stem}: " + " | ".join(p.read_text().split("\n")[-4:]).strip(" |") for p in logs) or "no worker started"
+    return "; ".join(f"{p.stem}: " + " | ".join(p.read_text().splitlines()[-3:]) for p in logs) or "no worker started"
 
 
 def test_ddp_gradients_equal_a_single_process(tmp_path):
