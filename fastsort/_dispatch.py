@@ -15,6 +15,7 @@ import re
 import warnings
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 BACKENDS = ("auto", "torch", "triton", "numba")
@@ -161,6 +162,12 @@ def finite_on_host(x: torch.Tensor) -> bool:
     back to the exact check.  False whenever it cannot tell cheaply."""
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
+    if x.dtype in (torch.float32, torch.float64) and not x.is_neg() and not x.is_conj():
+        # numpy's reduction, on this thread: torch's would wake its OpenMP workers on large inputs, and
+        # they keep spinning for milliseconds afterwards, taking the cores from the numba kernel launched
+        # next (measured: a [256, 1000] soft rank's forward 6.3 ms after a torch sum, 3.2 ms after numpy's)
+        a = x.detach().numpy()
+        return bool(math.isfinite(a.sum()) or np.isfinite(a).all())
     if math.isfinite(x.detach().sum().item()):
         return True
     return bool(torch.isfinite(x).all())
