@@ -78,10 +78,24 @@ def cpu_isotonic():
 
 @pytest.mark.parametrize("op,reg", CONFIGS)
 def test_numba_kernels(cpu_isotonic, op, reg):
-    for n in (1, 2, 3, 7, 100, 1000):
+    # n <= 32: insertion sorts; 100: a joint radix sort of the 4 rows (8-bit digits); 1000: one row's
+    # radix sort (8-bit digits); 5000: one row, 11-bit digits
+    for n in (1, 2, 3, 7, 100, 1000, 5000):
         x, g = batch(n, seed=n)
         for strength in (0.05, 1.0, 20.0):
             check_launchers(cpu_isotonic, x, g, op, reg, strength, k=max(1, n // 3))
+
+
+@pytest.mark.parametrize("op,reg", CONFIGS)
+def test_numba_joint_sort_of_many_rows(cpu_isotonic, op, reg):
+    """Rows sorted together with 11-bit digits, the row in the keys' highest bits (48 rows of 120: 5760
+    keys); ties across rows and in one row, and values that differ in one low bit only."""
+    x, g = batch(120, seed=7, R=48)
+    x[5] = x[4]  # two equal rows
+    x[6, 60:] = torch.nextafter(x[6, 60:], torch.tensor(math.inf))
+    x[7, ::2] = 0.0
+    x[7, 1::2] = -0.0
+    check_launchers(cpu_isotonic, x, g, op, reg, 0.5, k=40)
 
 
 def test_numba_parallel_and_serial_paths_agree(cpu_isotonic, monkeypatch):
