@@ -63,6 +63,7 @@ row after the sort.  All three share one :class:`fastsort._kernel_op.KernelOp`
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Tuple
 
@@ -290,6 +291,16 @@ _INDEX_DTYPES = {"torch": (torch.int64, torch.int64), "numba": (torch.int32, tor
                  "triton": (torch.int64, torch.int32)}
 
 
+@functools.lru_cache(maxsize=None)
+def _impl(backend: str):
+    """The launchers' module of a kernel backend, imported on first use (numba and Triton load lazily)."""
+    if backend == "numba":
+        from .kernels import cpu_isotonic as impl
+    else:
+        from .kernels import isotonic as impl
+    return impl
+
+
 def _forward(x: torch.Tensor, op: str, regularization: str, strength: float, k: int, backend: str,
              need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == "torch":
@@ -297,11 +308,7 @@ def _forward(x: torch.Tensor, op: str, regularization: str, strength: float, k: 
         if not need_grad:
             return out, perm.new_empty(0), last.new_empty(0), q.new_empty(0)
         return out, perm, last, q
-    if backend == "numba":
-        from .kernels import cpu_isotonic as impl
-    else:
-        from .kernels import isotonic as impl
-    return impl.isotonic_fwd(x, op, regularization, strength, k, need_grad)
+    return _impl(backend).isotonic_fwd(x, op, regularization, strength, k, need_grad)
 
 
 def _forward_fake(x: torch.Tensor, op: str, regularization: str, strength: float, k: int, backend: str,
@@ -316,11 +323,7 @@ def _backward(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tensor, q: tor
               regularization: str, strength: float, k: int, backend: str) -> torch.Tensor:
     if backend == "torch":
         return reference_backward(grad, perm, last, q, op, regularization, strength)
-    if backend == "numba":
-        from .kernels import cpu_isotonic as impl
-    else:
-        from .kernels import isotonic as impl
-    return impl.isotonic_bwd(grad, perm, last, q, op, regularization, strength)
+    return _impl(backend).isotonic_bwd(grad, perm, last, q, op, regularization, strength)
 
 
 def _backward_fake(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tensor, q: torch.Tensor, op: str,
