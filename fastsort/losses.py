@@ -231,7 +231,12 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
     if ignore_index is not None and _is_index_tensor(labels):
         labels = labels.long()
         valid = labels != ignore_index
-        labels = labels.masked_fill(~valid, 0)  # any valid class: the row's loss is masked out below
+        if labels.device.type == "cpu" and not torch.compiler.is_compiling() and bool(valid.all()):
+            # no row ignored (decided on the host, where it costs no device sync): the loss is reduced
+            # by its op, without the masking ops and their autograd nodes (~0.2 ms a step at B = 500)
+            valid = None
+        else:
+            labels = labels.masked_fill(~valid, 0)  # any valid class: the row's loss is masked out below
     check_logits_labels(logits, labels)
     labels = labels.long()
     METHODS.lookup(method, "loss")
