@@ -19,12 +19,14 @@ Contract of the two definitions (both must carry type annotations, which
 ``torch.library`` turns into the ops' schemas)::
 
     forward(*inputs, need_grad: bool) -> Tuple[Tensor, ...]      # n_outputs outputs, then the saved tensors
-    backward(*output_grads, *saved_inputs, *saved, *attrs) -> Tensor | Tuple[Tensor, ...]
+    backward(*output_grads, *saved_inputs, *saved_outputs, *saved, *attrs) -> Tensor | Tuple[Tensor, ...]
 
 ``attrs`` are the forward's non-tensor inputs in order (without ``need_grad``);
 ``saved_inputs`` are the inputs at positions ``save_inputs`` (an op's outputs
 may not alias its inputs, so an input the backward needs is saved as an
-input); an output gradient is ``None`` in eager mode when that output did not
+input); ``saved_outputs`` are the outputs at positions ``save_outputs`` (as
+``torch.softmax`` keeps its result: no extra memory while the caller holds the
+output, which it usually does); an output gradient is ``None`` in eager mode when that output did not
 reach the loss, and may be a zero tensor under ``torch.compile``.  The
 backward returns one gradient per position in ``differentiable``.
 """
@@ -53,6 +55,7 @@ class KernelOp:
         n_outputs: how many of the forward's returned tensors are the op's outputs (the rest are saved).
         differentiable: positions of the inputs that can receive a gradient.
         save_inputs: positions of inputs the backward needs (passed to it after the output gradients).
+        save_outputs: positions of outputs the backward needs (passed to it after the saved inputs).
 
     Calling the op with the forward's inputs (without ``need_grad``) returns the ``n_outputs``
     outputs (a tensor when ``n_outputs == 1``).
@@ -60,13 +63,16 @@ class KernelOp:
 
     def __init__(self, name: str, forward: Callable, backward: Callable, *, forward_fake: Callable,
                  backward_fake: Callable, n_outputs: int, differentiable: Sequence[int] = (0,),
-                 save_inputs: Sequence[int] = ()):
+                 save_inputs: Sequence[int] = (), save_outputs: Sequence[int] = ()):
         self.name = name
         self._forward = forward
         self._backward = backward
         self.n_outputs = n_outputs
         self.differentiable = tuple(differentiable)
         self.save_inputs = tuple(save_inputs)
+        self.save_outputs = tuple(save_outputs)
+        if any(not 0 <= i < n_outputs for i in self.save_outputs):
+            raise ValueError(f"save_outputs {self.save_outputs} must be positions among the {n_outputs} outputs")
         hints = typing.get_type_hints(forward)
         params = [p for p in hints if p not in ("return", "need_grad")]
         self.n_inputs = len(params)
@@ -94,7 +100,7 @@ class KernelOp:
     # ------------------------------------------------------------------ torch.compile: the custom ops
     def _setup_context(self, ctx, inputs, output):
         saved_inputs = tuple(inputs[i] for i in self.save_inputs)
-        ctx.save_for_backward(*saved_inputs, *output[self.n_outputs:])
+        ctx.save_for_backward(*saved_inputs, *(output[i] for i in self.save_outputs), *output[self.n_outputs:])
         ctx.attrs = self._attrs(inputs)
         ctx.need_grad = inputs[-1]
 
@@ -112,7 +118,8 @@ class KernelOp:
             def forward(ctx, *inputs):
                 result = op._forward(*inputs, True)
                 ctx.set_materialize_grads(False)
-                ctx.save_for_backward(*(inputs[i] for i in op.save_inputs), *result[op.n_outputs:])
+                ctx.save_for_backward(*(inputs[i] for i in op.save_inputs), *(result[i] for i in op.save_outputs),
+                                      *result[op.n_outputs:])
                 ctx.attrs = op._attrs(inputs)
                 outputs = result[:op.n_outputs]
                 return outputs[0] if op.n_outputs == 1 else outputs

@@ -125,21 +125,23 @@ def _softsort_fwd_fake(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> 
     return s.new_empty((s.shape[0], k, s.shape[1])), s.new_empty((s.shape[0], k), dtype=torch.int64)
 
 
-def _softsort_bwd(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+def _softsort_bwd(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, top_idx: torch.Tensor, k: int, tau: float
+                  ) -> torch.Tensor:
     from .kernels.cpu_softsort import softsort_bwd
 
-    return softsort_bwd(grad, s, top_idx, tau)
+    return softsort_bwd(grad, s, P, top_idx, tau)
 
 
-def _softsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, top_idx: torch.Tensor, k: int, tau: float
-                       ) -> torch.Tensor:
+def _softsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, top_idx: torch.Tensor, k: int,
+                       tau: float) -> torch.Tensor:
     return torch.empty_like(s)
 
 
 #: SoftSort's rows by the compiled CPU kernels (finite float32 rows, ``pow = 1``): the forward's
-#: outputs are ``P`` and the columns of the sorted values; the backward recomputes ``P``
+#: outputs are ``P`` and the columns of the sorted values; the backward reads the rows, ``P`` (the
+#: output, kept as ``torch.softmax`` keeps its own) and those columns
 softsort_op = KernelOp("softsort", _softsort_fwd, _softsort_bwd, forward_fake=_softsort_fwd_fake,
-                       backward_fake=_softsort_bwd_fake, n_outputs=1, save_inputs=(0,))
+                       backward_fake=_softsort_bwd_fake, n_outputs=1, save_inputs=(0,), save_outputs=(0,))
 
 
 def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float, backend: str = "torch") -> torch.Tensor:

@@ -52,7 +52,7 @@ def batch(R, n, seed):
 
 
 @pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (9, 100, 100), (3, 257, 40),
-                                   (2, 300, 70)])  # (the last: k n > SHORT_BLOCK, the per-rank kernels)
+                                   (2, 300, 70)])  # (the last: k n > SHORT_BLOCK, the per-rank forward)
 @pytest.mark.parametrize("tau", [0.3, 2.0])
 def test_kernels_match_torch_ops(R, n, k, tau):
     s = batch(R, n, seed=n)
@@ -64,7 +64,7 @@ def test_kernels_match_torch_ops(R, n, k, tau):
     assert top_idx.dtype == torch.int64 and top_idx.shape == (R, k)
     assert torch.equal(s.gather(1, top_idx), s.topk(k, dim=1).values)
     (P64 * G.double()).sum().backward()
-    ds = cs.softsort_bwd(G, s, top_idx, tau)
+    ds = cs.softsort_bwd(G, s, P, top_idx, tau)
     assert_close(ds, s64.grad.float(), rtol=1e-5, atol=1e-5 * max(1.0, s64.grad.abs().max().item()))
 
 
