@@ -191,10 +191,13 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
     """PAV and the outputs of row ``r`` whose stable sort is ``idx`` (int32 ``[n]``); the arrays after
     ``log_rho`` (``log(n - i)``, for the kl ranks' singletons) are per-thread scratch."""
     n = x.shape[1]
+    inf_row = False  # (the soft sort's infinities need the checks below; other rows skip them)
     for j in range(n):  # the sorted values, and each one's value as a block of its own (for the pushes)
         v = x[r, idx[j]]
         sj = v * np.float32(c) if op != 0 else -v
         s[j] = sj
+        if op == 0 and math.isinf(sj):
+            inf_row = True
         if reg == 1:
             bval[j] = sj - log_rho[j] if op == 1 else (n - j) * c - sj
         elif op == 1:
@@ -217,9 +220,9 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
         else:
             acc[top] = 1.0
             geo[top] = 1.0
-        if op == 0 and (math.isinf(s[i]) or (i > 0 and math.isinf(s[i - 1]))):
+        if op == 0 and inf_row and (math.isinf(s[i]) or (i > 0 and math.isinf(s[i - 1]))):
             continue  # the soft sort's infinities: blocks of their own, no pooling across them
-        while top > 0 and bval[top - 1] <= bval[top] and not (op == 0 and math.isinf(s[bfirst[top] - 1])):
+        while top > 0 and bval[top - 1] <= bval[top] and not (op == 0 and inf_row and math.isinf(s[bfirst[top] - 1])):
             f0 = bfirst[top - 1]
             f1 = bfirst[top]
             if reg == 0:
@@ -253,7 +256,7 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                 for j in range(f, e + 1):
                     out[r, idx[j]] = (s[j] - mean_s) + mean_w
             if need_grad:
-                if op == 0 and math.isinf(s[f]):  # an infinity of the soft sort: a block of its own, no gradient
+                if op == 0 and inf_row and math.isinf(s[f]):  # an infinity of the soft sort: its own block, no gradient
                     q = np.float32(0.0)
                 for j in range(f, e + 1):
                     q_out[r, j] = q
@@ -267,7 +270,7 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                     out[r, j] = base + j * c
                 if need_grad:
                     for j in range(f, e + 1):
-                        q_out[r, j] = 0.0 if math.isinf(sf) else math.exp(s[j] - sf) / a  # softmax(s_B)_j
+                        q_out[r, j] = 0.0 if inf_row and math.isinf(sf) else math.exp(s[j] - sf) / a  # softmax(s_B)_j
                         last_out[r, j] = e
                         perm_out[r, j] = idx[j]
             else:  # kl ranks: exp(s_j - v_B) = q_j sum(rho_B)
