@@ -47,8 +47,15 @@ def check_input(x, name: str = "x") -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    check_dense(x, name)
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension to sort along, got a scalar")
+
+
+def check_dense(x: torch.Tensor, name: str) -> None:
+    """``x`` must be a dense (strided) tensor: the ops index its rows."""
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; use {name}.to_dense()")
 
 
 def check_k(k, n: int) -> int:
@@ -69,6 +76,7 @@ def check_logits_labels(logits, labels, name: str = "n_classes") -> None:
     (the losses' inputs; ``name``: how the caller's messages call ``C``)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {getattr(logits, 'dtype', type(logits))}")
+    check_dense(logits, "logits")
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D [batch, {name}], got shape {tuple(logits.shape)}")
     if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \

@@ -362,6 +362,9 @@ def _topk(**kw):
 
 BAD_INPUTS = [
     ("unknown method", lambda: fastsort.soft_sort(X, "quicksort", backend=BE), ValueError, "method must be one of"),
+    ("sparse input", lambda: fastsort.soft_rank(X.to_sparse(), "permutahedron"), TypeError,
+     r"x must be a dense \(strided\) tensor, got layout torch.sparse_coo; use x.to_dense\(\)"),
+    ("sparse input, network", lambda: fastsort.soft_sort(X.to_sparse_csr()), TypeError, "layout torch.sparse_csr"),
     ("method case", lambda: fastsort.soft_rank(X, "Bitonic", backend=BE), ValueError, "method must be one of"),
     ("method not str", lambda: fastsort.soft_sort(X, None, backend=BE), ValueError, "method must be one of"),
     ("sinkhorn takes no steepness", lambda: fastsort.soft_sort(X, "sinkhorn", steepness=2.0, backend=BE),

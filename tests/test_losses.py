@@ -244,6 +244,8 @@ def _module(**kw):
 
 BAD = [
     ("method", _loss(method="heapsort"), ValueError, "method must be one of"),
+    ("sparse logits", lambda: fastsort.topk_cross_entropy(L.to_sparse(), Y, PK), TypeError,
+     r"logits must be a dense \(strided\) tensor"),
     ("method module", _module(method="bitonic_sparse"), ValueError, "method must be one of"),
     ("top1_mode", _loss(top1_mode="softmax"), ValueError, "top1_mode must be one of"),
     ("top1_mode module", _module(top1_mode="ce"), ValueError, "top1_mode must be one of"),
