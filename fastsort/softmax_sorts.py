@@ -12,9 +12,10 @@ Both return rows of the relaxed permutation matrix in *descending* rank order
 Cost ``O(n k)`` for ``k`` rows, never an ``n x n`` intermediate unless all
 rows are requested.  Plain autograd is exact and memory-light here, so these
 torch ops run on any device (docs/design.md, "NeuralSort and SoftSort");
-SoftSort has compiled CPU kernels besides (:mod:`fastsort.kernels.cpu_softsort`,
-picked by ``backend="auto"`` for finite float32 CPU rows with ``pow = 1``),
-which do in two passes per row what the elementwise ops do in eight.
+Both have compiled CPU kernels besides (:mod:`fastsort.kernels.cpu_softsort`,
+:mod:`fastsort.kernels.cpu_neuralsort`, picked by ``backend="auto"`` for finite
+float32 CPU rows: SoftSort's with ``pow = 1``, NeuralSort's for ``n <= 256``),
+which do in a few passes per row what the elementwise ops do in eight.
 
 What they guarantee: every row of ``P`` is a softmax, so it sums to 1 and the
 soft sorted values (``P x``) stay within ``[min x, max x]``; the *columns* do
@@ -76,7 +77,7 @@ def _nan_rows(s: torch.Tensor) -> torch.Tensor:
         :, None, None]
 
 
-def neuralsort_rows(s: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+def neuralsort_rows(s: torch.Tensor, k: int, tau: float, backend: str = "torch") -> torch.Tensor:
     """Top ``k`` rows of NeuralSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
 
     ``+-inf`` entries are the limit of an ever larger / smaller value: the ``b``
@@ -84,7 +85,16 @@ def neuralsort_rows(s: torch.Tensor, k: int, tau: float) -> torch.Tensor:
     the ones at ``-inf`` the last ranks, and the finite entries get NeuralSort of
     the finite entries alone, shifted by ``b`` ranks (masked classes get probability
     0 in the top rows).
+
+    ``backend="numba"`` (float32 CPU rows): finite rows of at most
+    :data:`fastsort.kernels.cpu_neuralsort.MAX_N` entries run the compiled kernels (the same
+    formula with ``A_s 1`` summed directly, its hand-written backward; at exact ties its gradient
+    is the symmetric one of ``|d|``'s derivative 0 at 0, where the sort-based torch ops give tied
+    entries different shares), anything else these torch ops.
     """
+    if backend == "numba" and s.dtype == torch.float32 and s.device.type == "cpu" and s.dim() == 2 \
+            and s.shape[-1] <= NEURALSORT_KERNEL_MAX_N and finite_on_host(s):
+        return neuralsort_op(s, k, float(tau))
     if finite_on_host(s):
         return _neuralsort_rows_finite(s, k, tau)
     a1, n_f, infinite = abs_row_sums(s)
@@ -113,6 +123,37 @@ def _neuralsort_rows_finite(s: torch.Tensor, k: int, tau: float) -> torch.Tensor
     scale = ((n + 1 - 2 * torch.arange(1, k + 1, device=s.device, dtype=s.dtype)) * c).unsqueeze(-1)  # [k, 1]
     logits = torch.addcmul((a1 * -c).unsqueeze(-2), scale, s.unsqueeze(-2))  # scale_i s_j / tau - a1_j / tau
     return torch.softmax(logits, dim=-1)
+
+
+#: rows the NeuralSort kernels take (``fastsort.kernels.cpu_neuralsort.MAX_N``, repeated here so that
+#: dispatch needs no numba import; a test checks that the two agree)
+NEURALSORT_KERNEL_MAX_N = 256
+
+
+def _neuralsort_fwd(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor]:
+    from .kernels.cpu_neuralsort import neuralsort_fwd
+
+    return (neuralsort_fwd(s, k, tau),)
+
+
+def _neuralsort_fwd_fake(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor]:
+    return (s.new_empty((s.shape[0], k, s.shape[1])),)
+
+
+def _neuralsort_bwd(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    from .kernels.cpu_neuralsort import neuralsort_bwd
+
+    return neuralsort_bwd(grad, s, P, tau)
+
+
+def _neuralsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    return torch.empty_like(s)
+
+
+#: NeuralSort's rows by the compiled CPU kernels (finite float32 rows of at most
+#: NEURALSORT_KERNEL_MAX_N entries); the backward reads the rows and ``P``
+neuralsort_op = KernelOp("neuralsort", _neuralsort_fwd, _neuralsort_bwd, forward_fake=_neuralsort_fwd_fake,
+                         backward_fake=_neuralsort_bwd_fake, n_outputs=1, save_inputs=(0,), save_outputs=(0,))
 
 
 def _softsort_fwd(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +221,7 @@ class NeuralSort(RowsMethod):
     exceed 1 (module docstring)."""
 
     defaults = {"tau": 1.0}
+    kernels = ("numba",)
     #: handles ``+-inf`` itself (module docstring); ``fastsort.soft_sort`` writes the infinities back
     native_infinities = True
 
@@ -191,7 +233,7 @@ class NeuralSort(RowsMethod):
         return self.parse(dict(tau=1.0 / inverse_temperature))
 
     def topk(self, x, k, p, backend):
-        return neuralsort_rows(x, k, p["tau"])
+        return neuralsort_rows(x, k, p["tau"], backend)
 
     def sort(self, x, p, backend):
         # P x, with +-inf read as 0: a finite rank's row is exactly 0 on them (an infinity's own

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._common import CompatError, compat_errors
+from ..._dispatch import choose_backend
 from ..._validate import as_positive, check_input, compute_dtype
 from ...softmax_sorts import neuralsort_rows
 
@@ -44,8 +45,9 @@ class NeuralSort(torch.nn.Module):
     argmax of each row of ``P_hat`` (per *input*, over positions) and the
     gradient is that of the soft ``P_hat`` (straight-through).
 
-    Computed from fastsort's NeuralSort rows of the negated scores (``A_s 1`` in
-    ``O(n log n)``); ``tau`` and ``hard`` are read at every call; half precision is
+    Computed from fastsort's NeuralSort rows of the negated scores (the compiled CPU kernels
+    for finite float32 CPU scores of at most 256 columns, else the torch ops with ``A_s 1``
+    in ``O(n log n)``); ``tau`` and ``hard`` are read at every call; half precision is
     computed in float32, float64 is supported.
     """
 
@@ -57,7 +59,9 @@ class NeuralSort(torch.nn.Module):
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         x = check_scores(scores)
         # the rank-order rows of -s are the ascending positions of s
-        P_hat = neuralsort_rows(-x, x.shape[1], positive(self.tau, "tau")).transpose(-2, -1)
+        # (the compiled CPU kernels where fastsort's backend="auto" would pick them)
+        P_hat = neuralsort_rows(-x, x.shape[1], positive(self.tau, "tau"),
+                                choose_backend(x, "auto", ("numba",))).transpose(-2, -1)
         if self.hard:
             P_hat = straight_through(P_hat, P_hat.argmax(-1, keepdim=True))
         return P_hat.to(scores.dtype)
