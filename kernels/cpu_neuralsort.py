@@ -6,9 +6,9 @@ The math is :func:`fastsort.softmax_sorts.neuralsort_rows`' (docs/design.md,
 ``i = 1 .. k``, ``c = 1 / tau``, ``(A_s 1)_j = a_j = sum_l |s_j - s_l|``:
 
 * **forward**, per row, in one block of ``k n`` entries: ``a`` (float64 sums),
-  the logits ``z_ij = c ((n + 1 - 2 i) s_j - a_j)`` less their row maximum, the
-  exponential of the whole block at once (the vectorising helper of
-  :mod:`fastsort.kernels.cpu_softsort`), the normalisation (float64 sums);
+  the logits ``z_ij = c ((n + 1 - 2 i) s_j - a_j)`` less their row maximum, then
+  SoftSort's :func:`~fastsort.kernels.cpu_softsort.softmax_block` (the block's
+  exponential at once, float64 row sums);
 * **backward**, from ``g = dL/dP`` and the forward's ``P`` (kept as
   ``torch.softmax`` keeps its output): ``dz_ij = P_ij (g_ij - sum_l g_il P_il)``,
   ``dL/ds_j = c sum_i (n + 1 - 2 i) dz_ij`` through the scaled values, and through
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .cpu_network import run_parallel
-from .cpu_softsort import _JIT, exp_nonpositive_row
+from .cpu_softsort import _JIT, softmax_block
 
 __all__ = ["neuralsort_fwd", "neuralsort_bwd", "MAX_N"]
 
@@ -65,14 +65,7 @@ def _forward_rows(s, P, c, first, last):
                 mx = max(mx, z)
             for j in range(n):
                 flat[i * n + j] -= mx
-        exp_nonpositive_row(flat, scale, bits, m)
-        for i in range(k):
-            total = 0.0
-            for j in range(n):
-                total += flat[i * n + j]
-            inv = np.float32(1.0 / total)
-            for j in range(n):
-                flat[i * n + j] *= inv
+        softmax_block(flat, scale, bits, k, n)
 
 
 @numba.njit(**_JIT)

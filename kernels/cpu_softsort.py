@@ -38,7 +38,7 @@ import torch
 
 from .cpu_network import run_parallel
 
-__all__ = ["softsort_fwd", "softsort_bwd", "exp_nonpositive_row"]
+__all__ = ["softsort_fwd", "softsort_bwd", "exp_nonpositive_row", "softmax_block"]
 
 #: numpy's error model (IEEE division, no zero checks); reassociation lets the row sums vectorise
 _JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -65,6 +65,22 @@ def exp_nonpositive_row(e, scale, bits, m):
         bits[j] = (np.int32(q) + np.int32(127)) << np.int32(23)
     for j in range(m):
         e[j] *= scale[j]
+
+
+@numba.njit(inline="always", **_JIT)
+def softmax_block(flat, scale, bits, k, n):
+    """``flat [k n]`` (``k`` rows of ``n`` logits, each row's largest 0) -> each row's softmax, in place: the
+    exponential of the whole block at once (one vectorising loop; a row of 16 alone would run in its
+    scalar remainder), then per row a float64 sum and the scaling; ``bits``/``scale`` as in
+    :func:`exp_nonpositive_row`."""
+    exp_nonpositive_row(flat, scale, bits, k * n)
+    for i in range(k):
+        total = 0.0
+        for j in range(n):
+            total += flat[i * n + j]
+        inv = np.float32(1.0 / total)
+        for j in range(n):
+            flat[i * n + j] *= inv
 
 
 @numba.njit(inline="always", **_JIT)
@@ -142,14 +158,7 @@ def _forward_block_rows(s, top, P, c, first, last):
             t = top[r, i]
             for j in range(n):
                 flat[i * n + j] = -abs(t - srow[j]) * c
-        exp_nonpositive_row(flat, scale, bits, m)
-        for i in range(k):
-            total = 0.0
-            for j in range(n):
-                total += flat[i * n + j]
-            inv = np.float32(1.0 / total)
-            for j in range(n):
-                flat[i * n + j] *= inv
+        softmax_block(flat, scale, bits, k, n)
 
 
 def _check(s: torch.Tensor) -> None:
