@@ -92,10 +92,11 @@ def neuralsort_rows(s: torch.Tensor, k: int, tau: float, backend: str = "torch")
     is the symmetric one of ``|d|``'s derivative 0 at 0, where the sort-based torch ops give tied
     entries different shares), anything else these torch ops.
     """
-    if backend == "numba" and s.dtype == torch.float32 and s.device.type == "cpu" and s.dim() == 2 \
-            and s.shape[-1] <= NEURALSORT_KERNEL_MAX_N and finite_on_host(s):
+    finite = finite_on_host(s)  # (one pass over the rows, for both choices below)
+    if finite and backend == "numba" and s.dtype == torch.float32 and s.dim() == 2 \
+            and s.shape[-1] <= NEURALSORT_KERNEL_MAX_N:
         return neuralsort_op(s, k, float(tau))
-    if finite_on_host(s):
+    if finite:
         return _neuralsort_rows_finite(s, k, tau)
     a1, n_f, infinite = abs_row_sums(s)
     pos, neg = s == math.inf, s == -math.inf
@@ -198,11 +199,11 @@ def softsort_rows(s: torch.Tensor, k: int, tau: float, pow: float, backend: str 
     kernels of :mod:`fastsort.kernels.cpu_softsort` (the same formula, its hand-written
     backward), anything else these torch ops.
     """
-    if backend == "numba" and pow == 1.0 and s.dtype == torch.float32 and s.device.type == "cpu" \
-            and s.dim() == 2 and finite_on_host(s):
+    finite = pow == 1.0 and finite_on_host(s)  # (one pass over the rows, for both choices below)
+    if finite and backend == "numba" and s.dtype == torch.float32 and s.dim() == 2:
         return softsort_op(s, k, float(tau))
     top = s.topk(k, dim=-1, sorted=True).values if k < s.shape[-1] else s.sort(dim=-1, descending=True).values
-    if pow == 1.0 and finite_on_host(s):  # no inf - inf to route: three passes over the n k entries
+    if finite:  # no inf - inf to route: three passes over the n k entries
         return torch.softmax((s.unsqueeze(-2) - top.unsqueeze(-1)).abs() * (-1.0 / tau), dim=-1)
     u = s.unsqueeze(-2) - top.unsqueeze(-1)
     tie = s.unsqueeze(-2) == top.unsqueeze(-1)  # inf - inf would be NaN
