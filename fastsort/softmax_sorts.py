@@ -77,8 +77,13 @@ def _nan_rows(s: torch.Tensor) -> torch.Tensor:
         :, None, None]
 
 
-def neuralsort_rows(s: torch.Tensor, k: int, tau: float, backend: str = "torch") -> torch.Tensor:
+def neuralsort_rows(s: torch.Tensor, k: int, tau: float, backend: str = "torch", transposed: bool = False
+                    ) -> torch.Tensor:
     """Top ``k`` rows of NeuralSort's ``P`` for ``s [R, n]``: ``[R, k, n]``.
+
+    ``transposed``: the caller will use the transpose ``[R, n, k]``: the compiled kernels then
+    write that layout (the result is the transposed view of a contiguous ``[R, n, k]``, whose
+    ``.transpose(-2, -1)`` is contiguous; the same values), the torch ops ignore it.
 
     ``+-inf`` entries are the limit of an ever larger / smaller value: the ``b``
     entries at ``+inf`` take ranks ``1..b`` (each such row spread evenly over them),
@@ -95,7 +100,9 @@ def neuralsort_rows(s: torch.Tensor, k: int, tau: float, backend: str = "torch")
     finite = finite_on_host(s)  # (one pass over the rows, for both choices below)
     if finite and backend == "numba" and s.dtype == torch.float32 and s.dim() == 2 \
             and s.shape[-1] <= NEURALSORT_KERNEL_MAX_N:
-        return neuralsort_op(s, k, float(tau))
+        if transposed:
+            return neuralsort_op(s, k, float(tau), True).transpose(-2, -1)
+        return neuralsort_op(s, k, float(tau), False)
     if finite:
         return _neuralsort_rows_finite(s, k, tau)
     a1, n_f, infinite = abs_row_sums(s)
@@ -131,28 +138,33 @@ def _neuralsort_rows_finite(s: torch.Tensor, k: int, tau: float) -> torch.Tensor
 NEURALSORT_KERNEL_MAX_N = 256
 
 
-def _neuralsort_fwd(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor]:
+def _neuralsort_fwd(s: torch.Tensor, k: int, tau: float, transposed: bool, need_grad: bool) -> Tuple[torch.Tensor]:
     from .kernels.cpu_neuralsort import neuralsort_fwd
 
-    return (neuralsort_fwd(s, k, tau),)
+    return (neuralsort_fwd(s, k, tau, transposed),)
 
 
-def _neuralsort_fwd_fake(s: torch.Tensor, k: int, tau: float, need_grad: bool) -> Tuple[torch.Tensor]:
-    return (s.new_empty((s.shape[0], k, s.shape[1])),)
+def _neuralsort_fwd_fake(s: torch.Tensor, k: int, tau: float, transposed: bool, need_grad: bool
+                         ) -> Tuple[torch.Tensor]:
+    R, n = s.shape
+    return (s.new_empty((R, n, k) if transposed else (R, k, n)),)
 
 
-def _neuralsort_bwd(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+def _neuralsort_bwd(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float, transposed: bool
+                    ) -> torch.Tensor:
     from .kernels.cpu_neuralsort import neuralsort_bwd
 
-    return neuralsort_bwd(grad, s, P, tau)
+    return neuralsort_bwd(grad, s, P, tau, transposed)
 
 
-def _neuralsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+def _neuralsort_bwd_fake(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, k: int, tau: float,
+                         transposed: bool) -> torch.Tensor:
     return torch.empty_like(s)
 
 
 #: NeuralSort's rows by the compiled CPU kernels (finite float32 rows of at most
-#: NEURALSORT_KERNEL_MAX_N entries); the backward reads the rows and ``P``
+#: NEURALSORT_KERNEL_MAX_N entries), ``P [R, k, n]`` or with ``transposed`` its transpose ``[R, n, k]``
+#: (contiguous); the backward reads the rows and ``P``
 neuralsort_op = KernelOp("neuralsort", _neuralsort_fwd, _neuralsort_bwd, forward_fake=_neuralsort_fwd_fake,
                          backward_fake=_neuralsort_bwd_fake, n_outputs=1, save_inputs=(0,), save_outputs=(0,))
 

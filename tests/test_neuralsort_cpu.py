@@ -44,17 +44,31 @@ def batch(R, n, seed, ties=True):
 
 @pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (9, 100, 100), (3, 256, 40)])
 @pytest.mark.parametrize("tau", [0.3, 2.0])
-def test_kernels_match_the_float64_definition(R, n, k, tau):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_kernels_match_the_float64_definition(R, n, k, tau, transposed):
+    """Both layouts: ``P [R, k, n]`` and, ``transposed``, its transpose ``[R, n, k]`` (contiguous)."""
     s = batch(R, n, seed=n)
     G = torch.randn(R, k, n, generator=torch.Generator().manual_seed(1))
-    P = cn.neuralsort_fwd(s, k, tau)
+    out = cn.neuralsort_fwd(s, k, tau, transposed)
+    assert out.is_contiguous() and out.shape == ((R, n, k) if transposed else (R, k, n))
+    P = out.transpose(1, 2) if transposed else out
     s64 = s.double().requires_grad_()
     P64 = direct(s64, k, tau)
     # float32 logits of size n |s| / tau: their rounding, relative to P's largest entries
     assert_close(P, P64.float(), rtol=0, atol=3e-7 * max(1.0, n * 8 / tau))
     (P64 * G.double()).sum().backward()
-    ds = cn.neuralsort_bwd(G, s, P, tau)
+    ds = cn.neuralsort_bwd(G.transpose(1, 2).contiguous() if transposed else G, s, out, tau, transposed)
     assert_close(ds, s64.grad.float(), rtol=0, atol=2e-6 * max(1.0, n / tau) * s64.grad.abs().max().item())
+
+
+def test_layouts_give_the_same_numbers():
+    """The transposed kernels' loops compute the same float32 logits, exponentials and per-rank sums."""
+    s = batch(50, 16, seed=5)
+    G = torch.randn(50, 16, 16, generator=torch.Generator().manual_seed(4))
+    P, Q = cn.neuralsort_fwd(s, 16, 0.5), cn.neuralsort_fwd(s, 16, 0.5, True)
+    assert_close(Q.transpose(1, 2), P, rtol=1e-6, atol=1e-7)
+    assert_close(cn.neuralsort_bwd(G.transpose(1, 2).contiguous(), s, Q, 0.5, True), cn.neuralsort_bwd(G, s, P, 0.5),
+                 rtol=1e-5, atol=1e-6)
 
 
 def test_kernels_match_the_torch_ops_without_ties():
@@ -137,4 +151,10 @@ def test_compat_class_uses_the_kernels_and_matches_torch(monkeypatch):
     ref = neuralsort_rows(-x.detach().double(), 12, 2.0).transpose(-2, -1)
     out = compat.NeuralSort(2.0)(x)
     assert calls and out.requires_grad
+    assert out.is_contiguous()  # the kernels write difftopk's (input-major) layout themselves
     assert_close(out, ref.float(), rtol=0, atol=5e-6)
+    G = torch.randn(8, 12, 12, generator=torch.Generator().manual_seed(9))
+    (out * G).sum().backward()
+    x64 = x.detach().double().requires_grad_()
+    (neuralsort_rows(-x64, 12, 2.0).transpose(-2, -1) * G.double()).sum().backward()
+    assert_close(x.grad, x64.grad.float(), rtol=1e-4, atol=1e-5)

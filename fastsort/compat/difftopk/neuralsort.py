@@ -38,8 +38,11 @@ class NeuralSort(torch.nn.Module):
     ``forward(scores [B, n])`` returns ``P_hat [B, n, n]`` in diffsort's layout:
     ``P_hat[b, i, j]`` is the weight of input ``i`` at *ascending* position
     ``j`` (difftopk sorts the negated scores in descending order and transposes),
-    so ``P_hat[:, :, -k:]`` are the top-``k`` columns, the largest last.  As in
-    difftopk the result is the transpose of a contiguous tensor.
+    so ``P_hat[:, :, -k:]`` are the top-``k`` columns, the largest last.  Where the
+    compiled kernels run, ``P_hat`` is contiguous (difftopk's is the transpose of a
+    contiguous tensor: the same values; an elementwise op on it, e.g. ``P_hat * G``, and
+    the copy of its gradient cost ~3x as long at ``[500, 16, 16]``); with the torch ops
+    it is a transposed view, as difftopk's.
 
     With ``hard=True`` the forward value is, as in difftopk, the one-hot of the
     argmax of each row of ``P_hat`` (per *input*, over positions) and the
@@ -60,8 +63,8 @@ class NeuralSort(torch.nn.Module):
         x = check_scores(scores)
         # the rank-order rows of -s are the ascending positions of s
         # (the compiled CPU kernels where fastsort's backend="auto" would pick them)
-        P_hat = neuralsort_rows(-x, x.shape[1], positive(self.tau, "tau"),
-                                choose_backend(x, "auto", ("numba",))).transpose(-2, -1)
+        P_hat = neuralsort_rows(-x, x.shape[1], positive(self.tau, "tau"), choose_backend(x, "auto", ("numba",)),
+                                transposed=True).transpose(-2, -1)
         if self.hard:
             P_hat = straight_through(P_hat, P_hat.argmax(-1, keepdim=True))
         return P_hat.to(scores.dtype)
