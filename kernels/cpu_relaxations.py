@@ -36,7 +36,11 @@ on the type of ``d``: libm's for a float64 ``d`` (the float64 kernels), for a
 float32 ``d`` (a float32 kernel's difference of two wires) the Triton kernels'
 float32-accurate polynomial (:func:`atan_f32`, evaluated in float64: relative
 error ~1e-7, also in the tails where ``alpha`` is close to 0 or 1), which
-vectorises.  The exponentials, logarithms and powers (logistic, logistic_phi,
+vectorises.  The network kernels' fused cauchy comparator (:func:`cauchy_encoded`,
+:func:`cauchy_slope`) evaluates that polynomial in float32 arithmetic for a
+float32 ``d`` (twice the lanes, float32 division), the smaller of ``alpha`` and
+``1 - alpha`` straight from it, so the tails keep their relative precision down
+to 2e-8 (exactly 0 beyond, as float32's ``atan(v) / pi + 1/2``).  The exponentials, logarithms and powers (logistic, logistic_phi,
 the gaussian's slope) are :func:`exp_f64` / :func:`log_f64`: float64 to about
 1 ulp of libm's, written so that a block loop vectorises (libm's scalar calls
 kept the logistic block ~1.5x and logistic_phi's ~1.4x slower on the benchmark
@@ -67,6 +71,8 @@ _EPS = 1e-10
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _INV_PI = 1.0 / math.pi
+#: Cephes' float32 atan polynomial on |t| <= tan(pi / 8): atan(t) = t + t z (c3 + z (c2 + z (c1 + z c0))), z = t^2
+_ATAN_C = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
 
 #: how every function here is compiled (see the module docstring)
 _JIT = dict(cache=True, inline="always", error_model="numpy")
@@ -102,8 +108,83 @@ def atan_f32(v):
     t = num / den
     base = 1.5707963267948966 if big else (0.7853981633974483 if mid else 0.0)
     z = t * t
-    p = (((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1) * z * t + t
+    c0, c1, c2, c3 = _ATAN_C
+    p = (((c0 * z + c1) * z + c2) * z + c3) * z * t + t
     return math.copysign(base + p, v)  # a NaN v takes the last branch: t = NaN
+
+
+_F32 = np.float32
+
+
+@numba.njit(**_JIT)
+def _cauchy_encoded_f32(d, steepness):
+    """Cauchy's ``alpha`` of a float32 difference ``d``, in float32 arithmetic: ``(e, alpha, 1 - alpha)``
+    with ``e`` the weight *encoded* as the network kernels store it: ``alpha`` when ``alpha <= 1/2``,
+    else ``-(1 - alpha)`` (see ``cpu_network._weights``).  The reduction and polynomial of :func:`atan_f32`, in float32 (8 lanes
+    per AVX2 vector instead of 4, and float32 division); the smaller of ``alpha`` and ``1 - alpha``
+    comes out directly -- ``atan(1 / |v|) / pi`` beyond ``|v| = tan(3 pi / 8)``, ``1/2 - atan(|v|) / pi``
+    below it (at least 1/8 there) -- so the tails keep float32 relative precision (``atan(v) / pi + 1/2``
+    in float32 would round them to multiples of 2^-25) down to 2e-8 (``|v| = 2^24``), beyond which the
+    smaller weight is exactly 0, as there.  ``d = +-inf`` gives exactly 0 / 1; NaN stays NaN."""
+    F = _F32
+    v = d * F(steepness)
+    a = abs(v)
+    big = a > F(2.414213562373095)  # tan(3 pi / 8)
+    mid = a > F(0.41421356237309503)  # tan(pi / 8)
+    num = F(-1.0) if big else (a - F(1.0) if mid else a)
+    den = a if big else (a + F(1.0) if mid else F(1.0))
+    t = num / den
+    z = t * t
+    c0, c1, c2, c3 = _ATAN_C
+    p = (((F(c0) * z + F(c1)) * z + F(c2)) * z + F(c3)) * z * t + t  # atan(t)
+    base = F(0.7853981633974483) if mid else F(0.0)
+    # min(alpha, 1 - alpha); |p| = -p for big (t < 0); exactly 0 from |v| = 2^24 on (below 2e-8), where
+    # float32's atan(v) / pi + 1/2 rounds it to 0 as well: a stand-in for an infinity
+    # (functional.STAND_IN_GAP) must get weight 0, not 1e-31 of its 1e30
+    small = (F(0.0) if a >= F(16777216.0) else abs(p) * F(_INV_PI)) if big else F(0.5) - (base + p) * F(_INV_PI)
+    large = F(1.0) - small
+    if v < F(0.0):
+        return small, small, large
+    return -small, large, small  # (v = 0: alpha = 1/2 stored as -1/2, as the encoding does; NaN: NaN)
+
+
+@numba.njit(**_JIT)
+def _cauchy_encoded_f64(d, steepness):
+    """:func:`_cauchy_encoded_f32` for a float64 ``d``: the table's formula (libm's ``atan``), then encoded."""
+    a = _cauchy(d, steepness, 0.0)
+    return (a if a <= 0.5 else -(1.0 - a)), a, 1.0 - a
+
+
+@numba.njit(**_JIT)
+def _cauchy_slope_f32(d, steepness):
+    """Cauchy's slope of a float32 difference ``d`` in float32 arithmetic (no cancellation in it)."""
+    v = d * _F32(steepness)
+    return _F32(steepness * _INV_PI) / (v * v + _F32(1.0))
+
+
+def cauchy_slope(d, steepness):
+    """Cauchy's slope of one difference ``d``, in the precision of ``d``'s type (the overload below)."""
+    return _cauchy_slope(d, steepness, 0.0)
+
+
+@overload(cauchy_slope, inline="always")
+def _cauchy_slope_overload(d, steepness):
+    if isinstance(d, types.Float) and d.bitwidth == 32:
+        return lambda d, steepness: _cauchy_slope_f32(d, steepness)
+    return lambda d, steepness: _cauchy_slope(d, steepness, 0.0)
+
+
+def cauchy_encoded(d, steepness):
+    """Cauchy's ``(encoded alpha, alpha, 1 - alpha)`` of one difference ``d``, in the precision of ``d``'s type (compiled
+    through the overload below: :func:`_cauchy_encoded_f32` or :func:`_cauchy_encoded_f64`)."""
+    return _cauchy_encoded_f64(d, steepness)
+
+
+@overload(cauchy_encoded, inline="always")
+def _cauchy_encoded_overload(d, steepness):
+    if isinstance(d, types.Float) and d.bitwidth == 32:
+        return lambda d, steepness: _cauchy_encoded_f32(d, steepness)
+    return lambda d, steepness: _cauchy_encoded_f64(d, steepness)
 
 
 # --------------------------------------------------------------------------- exp and log that vectorise

@@ -101,6 +101,41 @@ def test_relaxation_float32_precision(dist):
         np.testing.assert_allclose(got[small], want[small], rtol=1e-6, atol=1e-300)
 
 
+def test_cauchy_fused_float32_arithmetic():
+    """The network kernels' fused cauchy comparator of float32 rows computes in float32: ``alpha``,
+    ``1 - alpha`` (the smaller one straight from the polynomial, no cancellation) and the slope to
+    float32 relative precision against float64, in the tails too (down to 2e-8; exactly 0 below, as
+    float32's own formula gives and the stand-ins for infinities need); the stored weight decodes to exactly
+    that pair; -inf / +inf give exactly 0 / 1, NaN gives NaN.  The float64 version is the table's formula."""
+    d = np.float32(np.concatenate([np.linspace(-4, 4, 801), np.geomspace(1e-8, 1e30, 400),
+                                   -np.geomspace(1e-8, 1e30, 400), [0.0, -0.0]]))
+    d64 = torch.tensor(d, dtype=torch.float64)
+    ref_a = relax_alpha(d64, "cauchy", STEEPNESS, 0.0).numpy()
+    ref_s = relax_slope(d64, "cauchy", STEEPNESS, 0.0).numpy()
+    got = np.array([cr._cauchy_encoded_f32(v, STEEPNESS) for v in d], dtype=np.float32)
+    e, al, be = got.T
+    huge = np.abs(d * STEEPNESS) >= 2.0 ** 24  # the smaller weight is exactly 0 there (below 2e-8)
+    for a, want in ((al, ref_a), (be, 1 - ref_a)):
+        small = (want <= 0.5) & ~huge
+        np.testing.assert_allclose(a[small], want[small], rtol=1e-6, atol=0)
+        tail = huge & (want <= 0.5)
+        assert (a[tail] == 0).all() and (want[tail] < 2e-8).all()
+    neg = np.signbit(e)
+    np.testing.assert_array_equal(np.where(neg, np.float32(1) + e, e), al)  # cpu_network._weights' decoding
+    np.testing.assert_array_equal(np.where(neg, -e, np.float32(1) - e), be)
+    slope = np.array([cr._cauchy_slope_f32(v, STEEPNESS) for v in d])
+    # (beyond |v| ~ 1e19, v^2 overflows float32 and the slope is 0: below float32's least normal number)
+    np.testing.assert_allclose(slope, ref_s, rtol=1e-6, atol=np.finfo(np.float32).tiny)
+    assert cr._cauchy_encoded_f32(np.float32(-INF), STEEPNESS) == (0.0, 0.0, 1.0)
+    assert not np.signbit(cr._cauchy_encoded_f32(np.float32(-INF), STEEPNESS)[0])  # stored +0: alpha = 0
+    assert cr._cauchy_encoded_f32(np.float32(INF), STEEPNESS)[1:] == (1.0, 0.0)
+    assert np.signbit(cr._cauchy_encoded_f32(np.float32(INF), STEEPNESS)[0])  # stored -0: alpha = 1
+    assert np.isnan(cr._cauchy_encoded_f32(np.float32("nan"), STEEPNESS)).all()
+    for v in GRID:
+        a = cr.alpha(v, cr.CAUCHY, STEEPNESS, 0.0)
+        np.testing.assert_array_equal(cr._cauchy_encoded_f64(v, STEEPNESS), (a if a <= 0.5 else -(1 - a), a, 1 - a))
+
+
 def test_unknown_relaxation_code_raises():
     d32 = np.zeros(3, np.float32)
     out = np.empty(3)
