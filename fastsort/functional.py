@@ -117,10 +117,10 @@ def _start(x, method: str, op: str, dim, backend: str, params) -> Tuple[Method, 
     return m, p, x2, lead, be
 
 
-def _rows_for(m: Method, x2: torch.Tensor, op: str, finite: Optional[bool] = None) -> torch.Tensor:
-    """The rows as op ``op`` of method ``m`` sees them: with finite stand-ins for infinities unless it
-    handles them itself (:meth:`Method.handles_infinities`)."""
-    return x2 if m.handles_infinities(op) else finite_stand_ins(x2, finite)
+def _rows_for(m: Method, x2: torch.Tensor, op: str, backend: str, finite: Optional[bool] = None) -> torch.Tensor:
+    """The rows as op ``op`` of method ``m`` on ``backend`` sees them: with finite stand-ins for infinities
+    unless it handles them itself (:meth:`Method.handles_infinities`)."""
+    return x2 if m.handles_infinities(op, backend) else finite_stand_ins(x2, finite)
 
 
 def _restore(y: torch.Tensor, lead: Tuple[int, ...], dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -162,8 +162,11 @@ def soft_sort(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, descen
     """
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "sort", dim, backend, params)
-        finite = finite_on_host(x2)  # one test for the stand-ins and the restore
-        rows = _rows_for(m, x2, "sort", finite)
+        if m.exact_sort_infinities and m.handles_infinities("sort", be):
+            finite = True  # (the method's sort needs neither stand-ins nor the restore: no test)
+        else:
+            finite = finite_on_host(x2)  # one test for the stand-ins and the restore
+        rows = _rows_for(m, x2, "sort", be, finite)
         if descending:  # the method's own descending sort (largest first), restored in ascending order
             y = restore_infinities(m.sort_descending(rows, p, be).flip(-1), x2, finite).flip(-1)
         else:
@@ -198,7 +201,7 @@ def soft_topk(x: torch.Tensor, k: int, method: str = "bitonic", *, dim: int = -1
         m, p, x2, lead, be = _start(x, method, "topk", dim, backend, params)
         n = x2.shape[-1]
         k = check_k(k, n)
-        return m.topk(_rows_for(m, x2, "topk"), k, p, be).reshape(lead + (k, n)).to(x.dtype)
+        return m.topk(_rows_for(m, x2, "topk", be), k, p, be).reshape(lead + (k, n)).to(x.dtype)
 
 
 def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -220,7 +223,7 @@ def soft_rank(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backen
     """
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "rank", dim, backend, params)
-        return _restore(m.rank(_rows_for(m, x2, "rank"), p, be), lead, dim, x)
+        return _restore(m.rank(_rows_for(m, x2, "rank", be), p, be), lead, dim, x)
 
 
 def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1, backend: str = "auto",
@@ -241,7 +244,7 @@ def soft_permutation(x: torch.Tensor, method: str = "bitonic", *, dim: int = -1,
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "permutation", dim, backend, params)
         n = x2.shape[-1]
-        return m.permutation(_rows_for(m, x2, "permutation"), p, be).reshape(lead + (n, n)).to(x.dtype)
+        return m.permutation(_rows_for(m, x2, "permutation", be), p, be).reshape(lead + (n, n)).to(x.dtype)
 
 
 def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: int = -1, backend: str = "auto",
@@ -266,4 +269,4 @@ def soft_topk_mask(x: torch.Tensor, k: int, method: str = "sinkhorn", *, dim: in
     with autocast_off(x):
         m, p, x2, lead, be = _start(x, method, "topk_mask", dim, backend, params)
         k = check_k(k, x2.shape[-1])
-        return _restore(m.topk_mask(_rows_for(m, x2, "topk_mask"), k, p, be), lead, dim, x)
+        return _restore(m.topk_mask(_rows_for(m, x2, "topk_mask", be), k, p, be), lead, dim, x)

@@ -62,8 +62,14 @@ class Method:
     #: ranges")
     native_infinities: Any = False
 
-    def handles_infinities(self, op: str) -> bool:
-        """Whether op ``op`` takes ``+-inf`` entries itself (:attr:`native_infinities`)."""
+    #: its soft sort (when in :attr:`native_infinities`) already returns exactly ``-inf`` / ``+inf`` at the
+    #: ends of a row holding them, so the public ``soft_sort`` skips its host-side finiteness test and
+    #: ``fastsort.functional.restore_infinities``
+    exact_sort_infinities: bool = False
+
+    def handles_infinities(self, op: str, backend: str) -> bool:
+        """Whether op ``op`` on ``backend`` takes ``+-inf`` entries itself (:attr:`native_infinities`;
+        a method whose kernels handle more ops than its other backends overrides this)."""
         native = self.native_infinities
         return native if isinstance(native, bool) else op in native
 

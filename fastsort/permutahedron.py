@@ -103,13 +103,28 @@ def _block_bounds(start: torch.Tensor):
     return bid, first, last
 
 
-def _segment_lse(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
-    """Log-sum-exp of ``t`` over each block, broadcast back to the block's elements."""
+def _segment_exp(t: torch.Tensor, bid: torch.Tensor):
+    """``(m, e, tot)`` per element: its block's maximum of ``t`` (0 where not finite), ``exp(t - m)`` and
+    the block's sum of those, broadcast back to the block's elements."""
     m = torch.full_like(t, -math.inf).scatter_reduce(-1, bid, t, "amax", include_self=True)
     mb = m.gather(-1, bid)
     mb = torch.where(torch.isfinite(mb), mb, torch.zeros_like(mb))
-    tot = torch.zeros_like(t).scatter_add(-1, bid, torch.exp(t - mb))
-    return torch.log(tot.gather(-1, bid)) + mb
+    e = torch.exp(t - mb)
+    return mb, e, torch.zeros_like(t).scatter_add(-1, bid, e).gather(-1, bid)
+
+
+def _segment_lse(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
+    """Log-sum-exp of ``t`` over each block, broadcast back to the block's elements."""
+    mb, _, tot = _segment_exp(t, bid)
+    return torch.log(tot) + mb
+
+
+def _segment_softmax(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
+    """Softmax of ``t`` within each block, as ``exp(t - max) / sum``: not ``exp(t - LSE)``, whose
+    ``LSE = max + log(sum)`` loses the ``log(sum)`` next to a large maximum (equal values of ``1e30``
+    got weight 1 each instead of ``1 / |B|``)."""
+    _, e, tot = _segment_exp(t, bid)
+    return e / tot
 
 
 def _segment_sum(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
@@ -244,11 +259,11 @@ def reference_forward(x: torch.Tensor, op: str, regularization: str, strength: f
     """The torch forward on rows ``x [R, n]``: ``(out, sigma, last, q)`` (``last`` = the last
     sorted position of each sorted position's block, ``q`` = the block weights of the backward)."""
     s, perm = _sorted_values(x, op, strength)
-    _, _, first, last, lse = isotonic_blocks(s, op, regularization, strength, k)
+    _, bid, first, last, lse = isotonic_blocks(s, op, regularization, strength, k)
     if regularization == "l2":
         q = 1.0 / (last - first + 1).to(x.dtype)
     else:
-        q = torch.exp(s - lse)
+        q = _segment_softmax(s, bid)
     if op == "sort":  # its infinities (the other ops get finite stand-ins): blocks of their own, no gradient
         q = q.masked_fill(torch.isinf(s), 0.0)
     out = _outputs(s, first, last, lse, q, op, regularization, strength, k)
@@ -357,10 +372,17 @@ class Permutahedron(Method):
     ops = ("sort", "rank", "topk_mask")
     kernels = ("triton", "numba")
     #: the soft sort projects the finite entries alone (no block pools across an infinity, which ends
-    #: up at its end of the row); ranks and mask work with finite stand-ins
+    #: up at its end of the row, exactly +-inf); ranks and mask work with finite stand-ins, which the
+    #: CPU kernels put in themselves (see handles_infinities)
     native_infinities = ("sort",)
+    exact_sort_infinities = True
     limitation = ("a projection onto the permutahedron gives soft values and ranks, not a relaxed "
                   "permutation matrix: it has no rows of P to return or to build the top-k loss from")
+
+    def handles_infinities(self, op: str, backend: str) -> bool:
+        # the CPU kernels substitute the stand-ins for the rank's and mask's infinities themselves
+        # (fastsort.kernels.cpu_isotonic), found in a pass they make anyway: no host-side test per call
+        return op == "sort" or (backend == "numba" and op in ("rank", "topk_mask"))
 
     def check(self, p: Dict[str, Any]) -> Dict[str, Any]:
         if p["regularization"] not in REGULARIZATIONS:

@@ -40,6 +40,13 @@ Per row:
    ``softmax(s_B)``).
 
 A row holding a NaN gives a NaN output row and NaN weights (hence NaN gradients).
+Infinities: the soft sort's are blocks of their own behind barriers, as on the
+other backends; for the rank and top-k mask these kernels put in the finite
+stand-ins that the other backends get from ``fastsort.functional.finite_stand_ins``
+(the same float32 values), found while the keys are made, so that the public ops
+skip their host-side finiteness test for this backend
+(``Permutahedron.handles_infinities``), and mark each stand-in's saved weight
+with the sign bit: no gradient, as the stand-in is a constant on those paths.
 
 Precision: inputs, outputs and saved weights are float32; the sums, scaled sums
 and block values are float64 (``x / eps`` rounded to float32 as torch does).
@@ -147,13 +154,15 @@ def _row_keys(x, r, op, c, zf, keys, at, tag, ib):
     """The sort keys of row ``r`` into ``keys[at:at + n]``: ``tag << (32 + ib)``, plus the uint32 whose order
     is the float32 order of ``x * c`` decreasing (rank, top-k) or of ``x`` increasing (sort) shifted by
     ``ib``, plus the element's index ``i < 2 ** ib``; ``zf`` is float32 scratch ``[n]``.  Returns whether
-    the row holds a NaN."""
+    the row holds a NaN or an infinity (:func:`_special_row` tells which).  An infinity's key is the
+    key its finite stand-in would have relative to the row's other keys (beyond all of them, equal to
+    the other infinities of its sign), so the rank and top-k sort it as the stand-in."""
     n = x.shape[1]
-    has_nan = False
+    special = False
     for i in range(n):
         v = x[r, i]
-        if v != v:
-            has_nan = True
+        if v - v != 0.0:  # NaN or +-inf (0 for every finite v)
+            special = True
         if op != 0:
             v = v * np.float32(c)  # float32 x * (1 / eps), the torch backend's (and torchsort's) rounding
         zf[i] = v + np.float32(0.0)  # -0.0 + 0.0 = +0.0: both zeros get one key
@@ -164,7 +173,28 @@ def _row_keys(x, r, op, c, zf, keys, at, tag, ib):
         b = np.uint64(bits[i])
         b = (b ^ np.uint64(0xFFFFFFFF)) if b & np.uint64(0x80000000) else (b | np.uint64(0x80000000))
         keys[at + i] = high | ((b ^ flip) << np.uint64(ib)) | np.uint64(i)
-    return has_nan
+    return special
+
+
+#: ``fastsort.functional``'s stand-ins for infinities, in float32: ``+-(M + clamp(4 M, GAP, BIG))``
+_STAND_IN_GAP = np.float32(1e30)
+_STAND_IN_BIG = np.float32(np.finfo(np.float32).max / 16)
+
+
+@_jit(inline=True)
+def _special_row(x, r):
+    """``(has_nan, bound)`` of a row that :func:`_row_keys` found special: whether it holds a NaN, and the
+    magnitude ``M + clamp(4 M, 1e30, max / 16)`` (``M`` its largest finite magnitude, float32 as
+    ``fastsort.functional.finite_stand_ins`` computes it) of the stand-in for its infinities."""
+    has_nan = False
+    m = np.float32(0.0)
+    for i in range(x.shape[1]):
+        v = x[r, i]
+        if v != v:
+            has_nan = True
+        elif not math.isinf(v) and abs(v) > m:
+            m = abs(v)
+    return has_nan, m + min(max(np.float32(4.0) * m, _STAND_IN_GAP), _STAND_IN_BIG)
 
 
 @_jit(inline=True)
@@ -186,14 +216,28 @@ def _block_value(a, g, sf, f, e, n, op, reg, c, k):
 
 
 @_jit(inline=True)
-def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho,
+def _pav_row(r, x, idx, special, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho,
              s, acc, geo, bfirst, bval):
-    """PAV and the outputs of row ``r`` whose stable sort is ``idx`` (int32 ``[n]``); the arrays after
-    ``log_rho`` (``log(n - i)``, for the kl ranks' singletons) are per-thread scratch."""
+    """PAV and the outputs of row ``r`` whose stable sort is ``idx`` (int32 ``[n]``); ``special``: the row
+    holds a NaN or an infinity.  The arrays after ``log_rho`` (``log(n - i)``, for the kl ranks'
+    singletons) are per-thread scratch.
+
+    Infinities: the soft sort's are blocks of their own behind barriers (no pooling across them,
+    weight 0); the rank and top-k mask see each infinity as its finite stand-in (the torch and Triton
+    paths get the same stand-ins from ``fastsort.functional.finite_stand_ins``; here the host's
+    finiteness test is not needed), and its saved weight ``q`` carries the sign bit: the backward
+    gives it no gradient, as the stand-in is a constant there."""
     n = x.shape[1]
+    has_nan = False
+    bound = np.float32(0.0)
+    if special:
+        has_nan, bound = _special_row(x, r)
+    stand_ins = special and op != 0 and not has_nan
     inf_row = False  # (the soft sort's infinities need the checks below; other rows skip them)
     for j in range(n):  # the sorted values, and each one's value as a block of its own (for the pushes)
         v = x[r, idx[j]]
+        if stand_ins and math.isinf(v):
+            v = bound if v > 0 else -bound
         sj = v * np.float32(c) if op != 0 else -v
         s[j] = sj
         if op == 0 and math.isinf(sj):
@@ -259,7 +303,7 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                 if op == 0 and inf_row and math.isinf(s[f]):  # an infinity of the soft sort: its own block, no gradient
                     q = np.float32(0.0)
                 for j in range(f, e + 1):
-                    q_out[r, j] = q
+                    q_out[r, j] = -q if stand_ins and math.isinf(x[r, idx[j]]) else q
                     last_out[r, j] = e
                     perm_out[r, j] = idx[j]
         else:
@@ -279,7 +323,7 @@ def _pav_row(r, x, idx, has_nan, out, perm_out, last_out, q_out, op, reg, c, k, 
                     q = math.exp(s[j] - sf) / a
                     out[r, idx[j]] = q * w_b
                     if need_grad:
-                        q_out[r, j] = q
+                        q_out[r, j] = -q if stand_ins and math.isinf(x[r, idx[j]]) else q
                         last_out[r, j] = e
                         perm_out[r, j] = idx[j]
     if has_nan:  # NaN in, NaN out (and NaN weights: NaN gradients)
@@ -315,7 +359,7 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
     count = np.empty((6, 2048), dtype=np.int32)
     idx = np.empty(n, dtype=np.int32)
     zf = np.empty(n, dtype=np.float32)
-    nan_rows = np.empty(rows, dtype=np.bool_)
+    special_rows = np.empty(rows, dtype=np.bool_)
     s = np.empty(n, dtype=np.float64)
     acc = np.empty(n, dtype=np.float64)
     geo = np.empty(n, dtype=np.float64)
@@ -325,7 +369,7 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
         cnt = min(rows, hi - r0)
         joint = n > INSERTION_ROW and cnt > 1
         for t in range(cnt):
-            nan_rows[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t if joint else 0, ib)
+            special_rows[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t if joint else 0, ib)
         if n <= INSERTION_ROW:  # each row by itself
             for t in range(cnt):
                 _insertion_sort(keys, t * n, (t + 1) * n)
@@ -339,7 +383,7 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
         for t in range(cnt):  # the row is the keys' high part: row t is at t * n .. t * n + n
             for j in range(n):
                 idx[j] = np.int32(keys[t * n + j] & imask)
-            _pav_row(r0 + t, x, idx, nan_rows[t], out, perm_out, last_out, q_out, op, reg,
+            _pav_row(r0 + t, x, idx, special_rows[t], out, perm_out, last_out, q_out, op, reg,
                      c, k, need_grad, log_rho, s, acc, geo, bfirst, bval)
 
 
@@ -386,19 +430,21 @@ def _backward_row(r, g, perm, last, q, dx, op, reg, c):
                 total += g[r, i]
             for i in range(j, e + 1):
                 dx[r, perm[r, i]] = q[r, i] * total
-        elif reg == 0:  # rank / top-k, l2: (g - q bs(g)) / eps
+        elif reg == 0:  # rank / top-k, l2: (g - q bs(g)) / eps; a negative q: an infinity's stand-in, no gradient
             for i in range(j, e + 1):
                 total += g[r, perm[r, i]]
             for i in range(j, e + 1):
                 p = perm[r, i]
-                dx[r, p] = (g[r, p] - q[r, i] * total) * c
-        else:  # rank, kl: q W_B (g - bs(q g)) / eps
+                qi = q[r, i]
+                dx[r, p] = 0.0 if qi < 0.0 else (g[r, p] - qi * total) * c
+        else:  # rank, kl: q W_B (g - bs(q g)) / eps (a negative q as for l2)
             for i in range(j, e + 1):
-                total += q[r, i] * np.float64(g[r, perm[r, i]])
+                total += abs(q[r, i]) * np.float64(g[r, perm[r, i]])
             w_b = (e - j + 1.0) * (n - (j + e) / 2.0) * c
             for i in range(j, e + 1):
                 p = perm[r, i]
-                dx[r, p] = q[r, i] * w_b * (g[r, p] - total)
+                qi = q[r, i]
+                dx[r, p] = 0.0 if qi < 0.0 else qi * w_b * (g[r, p] - total)
         j = e + 1
 
 

@@ -13,6 +13,7 @@ Oracles, each computed independently of fastsort's code:
 
 The kernels (numba, Triton) against the torch reference are in ``test_permutahedron_kernels.py``.
 """
+import functools
 import math
 import warnings
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 import fastsort
+from fastsort import functional
 from fastsort import permutahedron as P
 from fastsort.compat import torchsort as compat
 from helpers import assert_close
@@ -342,6 +344,36 @@ def test_nan_rows(op, reg):
             assert bool(torch.isnan(y[1]).all()) and bool(torch.isnan(grad[1]).all()), backend
             assert_close(y[[0, 2]], clean, what=backend)
             assert_close(grad[[0, 2]], clean_grad, what=backend)
+
+
+@pytest.mark.parametrize("op,reg", [("rank", "l2"), ("rank", "kl"), ("topk_mask", "l2")])
+@pytest.mark.parametrize("strength", [1.0, 1e32])
+def test_cpu_kernels_put_in_the_stand_ins_themselves(op, reg, strength, monkeypatch):
+    """The rank and top-k mask on the CPU kernels take +-inf as they are (no host-side test): the same
+    values and gradients as the torch path, which gets fastsort.functional's finite stand-ins -- tied
+    infinities (one block), a row of infinities only, an infinity beside a NaN (NaN row), and a strength
+    so large that the stand-ins pool with finite entries -- with zero gradient at every infinity."""
+    inf = math.inf
+    x = torch.tensor([[1.0, inf, -inf, 3.0, inf, 2.0, 0.5],
+                      [inf, inf, inf, -inf, -inf, inf, inf],
+                      [1.0, 2.0, math.nan, -inf, 0.0, 0.0, 4.0],
+                      [0.5, 1.0, 2.0, 3.0, 4.0, 5.0, -inf],
+                      [0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    fn = fastsort.soft_rank if op == "rank" else functools.partial(fastsort.soft_topk_mask, k=3)
+    with monkeypatch.context() as patch:  # the numba path makes no host-side finiteness test
+        patch.setattr(functional, "finite_on_host", lambda t: pytest.fail("host-side finiteness test"))
+        got, got_grad = value_and_grad(lambda t: fn(t, method="permutahedron", backend="numba", regularization=reg,
+                                                    regularization_strength=strength), x, g)
+    want, want_grad = value_and_grad(lambda t: fn(t, method="permutahedron", backend="torch", regularization=reg,
+                                                  regularization_strength=strength), x, g)
+    ok = ~torch.isnan(x).any(-1)
+    assert_close(got[ok], want[ok], atol=1e-5, rtol=1e-5)
+    assert_close(got_grad[ok], want_grad[ok], atol=1e-6, rtol=1e-5)
+    assert bool((got_grad[torch.isinf(x) & ok[:, None]] == 0).all())
+    assert bool(torch.isnan(got[~ok]).all() and torch.isnan(got_grad[~ok]).all())  # NaN in, NaN out
+    if op == "rank" and strength == 1.0:  # tied infinities: the mean of their hard ranks
+        assert_close(got[1], torch.tensor([5.0, 5.0, 5.0, 1.5, 1.5, 5.0, 5.0]))
 
 
 @pytest.mark.parametrize("reg", ["l2", "kl"])
