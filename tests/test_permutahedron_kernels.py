@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+import fastsort
 from fastsort import permutahedron as P
 from helpers import assert_close, nan_filled_allocations
 
@@ -186,3 +187,14 @@ def test_triton_through_the_method(isotonic, device):
     yr.backward(g[[0, 1]].double())
     assert_close(y.detach().cpu().double(), yr.detach(), atol=1e-5)
     assert_close(x.grad.cpu().double(), xr.grad, atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: the Triton kernels' float32 block sums of tied stand-ins "
+                   "(~1e30 each) round by more than the ranks' scale (docs/changelog.md)")
+def test_triton_tied_infinities(isotonic, device):
+    """Tied infinities pool into one block of equal stand-ins: their l2 ranks are the mean of their hard ranks,
+    as the torch reference and the CPU kernels give."""
+    inf = math.inf
+    x = torch.tensor([[inf, inf, inf, -inf, -inf, inf]], device=device)
+    y = fastsort.soft_rank(x, method="permutahedron", backend="triton")
+    assert_close(y.cpu(), torch.tensor([[4.5, 4.5, 4.5, 1.5, 1.5, 4.5]]))
