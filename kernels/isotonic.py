@@ -118,7 +118,8 @@ def _isotonic_fwd_kernel(
 ):
     """PAV on ``ROWS`` sorted rows ``XS [R, n]`` (one lane each).
 
-    Leaves each row's blocks, in order, in the stack ``SA, SG`` (float32; ``SG`` for the kl sort
+    Leaves each row's blocks, in order, in the stack ``SA`` (float64: a block's sum stays exact for
+    ties of huge values, e.g. the stand-ins of tied infinities), ``SG`` (float32; for the kl sort
     only) and ``SF`` (int32, first positions) ``[R, n]``, with ``START [R, n]`` (int8) flagging each
     block's first position and ``NAN [R]`` (int32) the rows holding a NaN.  ``SV`` (float32) is the
     stack's block values, needed while pooling.
@@ -128,7 +129,7 @@ def _isotonic_fwd_kernel(
     ``2n - 2`` times.
     """
     XS = as_pointer(XS, tl.float32)
-    SA, SG, SV, SF = as_pointer(SA, tl.float32), as_pointer(SG, tl.float32), as_pointer(SV, tl.float32), \
+    SA, SG, SV, SF = as_pointer(SA, tl.float64), as_pointer(SG, tl.float32), as_pointer(SV, tl.float32), \
         as_pointer(SF, tl.int32)
     START, NAN = as_pointer(START, tl.int8), as_pointer(NAN, tl.int32)
     KL_SORT: tl.constexpr = REG == 1 and OP == 0
@@ -148,11 +149,11 @@ def _isotonic_fwd_kernel(
     s0 = -x0 if OP == 0 else x0 * c
     has_nan = s0 != s0
     tl.store(START + base, ones8, mask=live)
-    ta = s0 if REG == 0 else one
+    ta = (s0 if REG == 0 else one).to(tl.float64)  # the block sums in float64 (a tie of huge values stays exact)
     tg = one
     tsf = s0
     tf = zero
-    tv = _value(ta, tg, tsf, tf, tf, nn, c, kk, OP, REG)
+    tv = _value(ta, tg, tsf, tf, tf, nn, c, kk, OP, REG).to(tl.float32)
     sa, sg, ssf, sv, sfirst = ta, tg, tsf, tv, tf
     has2 = live & False
     barred = live & False  # (sort) the top block may not pool: it starts at or just after an infinity
@@ -217,6 +218,7 @@ def _isotonic_fwd_kernel(
                     nv = nsf + tl.log(na / (cnt * mean_rho))
                 else:
                     nv = (nn - nf).to(tl.float32) * c - nsf + tl.log(ng / na)
+            nv = nv.to(tl.float32)  # the values in float32, as the torch reference compares them
             # the new state: pooled, pushed, or unchanged (a finished lane); what an operator does not
             # use is not carried
             moved = pool | push
@@ -273,7 +275,7 @@ def _isotonic_out_kernel(
 ):
     """``OUT [R, n]`` (through ``PERM`` for rank and top-k) and, with ``NEED_GRAD``, the backward's
     weights ``QO`` and block ends ``LASTO`` (sorted order) from what :func:`_isotonic_fwd_kernel` left."""
-    XS, PERM, SA, SG = as_pointer(XS, tl.float32), as_pointer(PERM, tl.int64), as_pointer(SA, tl.float32), \
+    XS, PERM, SA, SG = as_pointer(XS, tl.float32), as_pointer(PERM, tl.int64), as_pointer(SA, tl.float64), \
         as_pointer(SG, tl.float32)
     SF, START, NAN = as_pointer(SF, tl.int32), as_pointer(START, tl.int8), as_pointer(NAN, tl.int32)
     OUT, QO, LASTO = as_pointer(OUT, tl.float32), as_pointer(QO, tl.float32), as_pointer(LASTO, tl.int32)
@@ -312,6 +314,8 @@ def _isotonic_out_kernel(
             o = q * (cnt * (n - (f + e).to(tl.float32) * 0.5))
     if OP == 0:  # an infinity of the soft sort: a block of its own, no gradient
         q = tl.where(tl.abs(sj) == float("inf"), 0.0, q)
+    o = o.to(tl.float32)  # (float64 where it used the block's sum)
+    q = q.to(tl.float32)
     bad = tl.load(NAN + rows, mask=mask, other=0) != 0
     o = tl.where(bad, float("nan"), o)
     if OP == 0:
@@ -442,7 +446,7 @@ def isotonic_fwd(x: torch.Tensor, op: str, regularization: str, strength: float,
         q, last = x.new_empty(0), x.new_empty(0, dtype=torch.int32)
     kl_sort = regularization == "kl" and op == "sort"
     # the scratch stack (its values only while pooling) and the block starts
-    sa = torch.empty((R, n), device=dev, dtype=torch.float32)
+    sa = torch.empty((R, n), device=dev, dtype=torch.float64)
     sv = torch.empty((R, n), device=dev, dtype=torch.float32)
     sf = torch.empty((R, n), device=dev, dtype=torch.int32)
     sg = torch.empty((R, n), device=dev, dtype=torch.float32) if kl_sort else x.new_empty(0)
