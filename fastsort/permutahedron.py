@@ -128,6 +128,9 @@ def _segment_softmax(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
 
 
 def _segment_sum(t: torch.Tensor, bid: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over each block, broadcast back, in float64 (``t``'s dtype if wider)."""
+    if t.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return torch.zeros_like(t, dtype=torch.float64).scatter_add(-1, bid, t.double()).gather(-1, bid)
     return torch.zeros_like(t).scatter_add(-1, bid, t).gather(-1, bid)
 
 
@@ -154,7 +157,7 @@ def _block_stats(s, start, op, regularization, strength, k):
     bid, first, last = _block_bounds(start)
     lse = None
     if regularization == "l2":
-        v = _value(_segment_sum(s, bid), first, last, n, op, regularization, strength, k)
+        v = _value(_segment_sum(s, bid), first, last, n, op, regularization, strength, k).to(s.dtype)
     else:
         lse = _segment_lse(s, bid)
         v = _value(lse, first, last, n, op, regularization, strength, k)
@@ -180,7 +183,9 @@ def isotonic_blocks(s: torch.Tensor, op: str, regularization: str, strength: flo
     dev = s.device
     flat = torch.arange(N, device=dev)
     row0 = (flat // n) * n  # flat index of each element's row start
-    A = s.reshape(-1).clone()  # l2: sum(s_B); kl: LSE(s_B) -- one element: s itself
+    # l2: sum(s_B), in float64 (a float32 sum of tied huge values, e.g. the stand-ins of tied infinities,
+    # is off by far more than the ranks' scale); kl: LSE(s_B) -- one element: s itself
+    A = s.reshape(-1).to(torch.float64 if regularization == "l2" else s.dtype, copy=True)
     last = flat.clone()
     # a barrier before an infinite element and after one: the soft sort's infinities stay blocks of
     # their own and the finite elements are pooled among themselves (module docstring)
@@ -191,8 +196,8 @@ def isotonic_blocks(s: torch.Tensor, op: str, regularization: str, strength: flo
     up = torch.zeros(N, dtype=torch.long, device=dev)
     alive = torch.ones(N, dtype=torch.bool, device=dev)
 
-    def value(p):
-        return _value(A[p], p - row0[p], last[p] - row0[p], n, op, regularization, strength, k)
+    def value(p):  # (compared in s's dtype, as the kernels compare them)
+        return _value(A[p], p - row0[p], last[p] - row0[p], n, op, regularization, strength, k).to(s.dtype)
 
     q = flat[prev >= 0]  # blocks whose left boundary is checked
     while q.numel():
@@ -238,12 +243,12 @@ def _outputs(s, first, last, lse, q, op, regularization, strength, k):
     pos = torch.arange(n, device=s.device).expand_as(first)
     c = 1.0 / strength
     if op == "sort" and regularization == "l2":
-        return (pos - (first + last).to(dt) / 2) * c - _segment_sum(s, _block_ids(first)) / cnt
+        return ((pos - (first + last).to(dt) / 2) * c - _segment_sum(s, _block_ids(first)) / cnt).to(dt)
     if op == "sort":  # LSE(rho_B / eps) - rho_j / eps - LSE(s_B)
         return (pos - first).to(dt) * c + torch.log(-torch.expm1(-cnt * c)) - math.log(-math.expm1(-c)) - lse
     if regularization == "kl":  # ranks: exp(s_j - v_B) = q_j sum(rho_B)
         return q * (cnt * (n - (first + last).to(dt) / 2))
-    centred = s - _segment_sum(s, _block_ids(first)) / cnt  # s_j - mean(s_B)
+    centred = (s - _segment_sum(s, _block_ids(first)) / cnt).to(dt)  # s_j - mean(s_B), the mean in float64
     if op == "rank":  # + mean(rho_B)
         return centred + (n - (first + last).to(dt) / 2)
     return centred + (torch.clamp(last, max=k - 1) - first + 1).clamp(min=0).to(dt) / cnt  # + mean(w_B)
@@ -290,6 +295,7 @@ def reference_backward(grad: torch.Tensor, perm: torch.Tensor, last: torch.Tenso
         first = _first_of_block(last)
         w_b = (last - first + 1).to(g.dtype) * (n - (first + last).to(g.dtype) / 2)
         dz = q * w_b * (g - _segment_sum(q * g, last)) * (1.0 / strength)
+    dz = dz.to(grad.dtype)  # (the block sums are float64)
     return torch.empty_like(dz).scatter_(-1, perm, dz)
 
 
