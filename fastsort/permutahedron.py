@@ -388,7 +388,7 @@ class Permutahedron(Method):
     def handles_infinities(self, op: str, backend: str) -> bool:
         # the CPU kernels substitute the stand-ins for the rank's and mask's infinities themselves
         # (fastsort.kernels.cpu_isotonic), found in a pass they make anyway: no host-side test per call
-        return op == "sort" or (backend == "numba" and op in ("rank", "topk_mask"))
+        return super().handles_infinities(op, backend) or (backend == "numba" and op in ("rank", "topk_mask"))
 
     def check(self, p: Dict[str, Any]) -> Dict[str, Any]:
         if p["regularization"] not in REGULARIZATIONS:

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from .._dispatch import _numba_status as numba_status  # the one "does numba import here" check
+from ..functional import STAND_IN_GAP  # (imported when the kernels first run: fastsort is loaded by then)
 
 try:
     import numba
@@ -176,8 +177,8 @@ def _row_keys(x, r, op, c, zf, keys, at, tag, ib):
     return special
 
 
-#: ``fastsort.functional``'s stand-ins for infinities, in float32: ``+-(M + clamp(4 M, GAP, BIG))``
-_STAND_IN_GAP = np.float32(1e30)
+#: ``fastsort.functional``'s stand-ins for infinities, in float32: ``+-(M + clamp(4 M, GAP, BIG))`` (its gap)
+_STAND_IN_GAP = np.float32(STAND_IN_GAP)
 _STAND_IN_BIG = np.float32(np.finfo(np.float32).max / 16)
 
 
