@@ -112,32 +112,57 @@ class KernelOp:
     # ------------------------------------------------------------------ eager mode: a plain Function
     def _make_function(self):
         op = self
+        forward, backward, n_outputs, n_inputs = self._forward, self._backward, self.n_outputs, self.n_inputs
+        plain_save = not self.save_inputs and not self.save_outputs  # (the common case: no generators per call)
+        no_grads = (None,) * n_inputs
+        # the first input the only differentiable one, its gradient one tensor: no placing loop per call
+        rest = (None,) * (n_inputs - 1) if self.differentiable == (0,) else None
+
+        def input_grads(grads):
+            if rest is not None and not isinstance(grads, tuple):
+                return (grads,) + rest
+            return op._input_grads(grads)
+
+        def run_backward(ctx, *grads):
+            if all(g is None for g in grads):  # no output reached the loss
+                return no_grads
+            return input_grads(backward(*grads, *ctx.saved_tensors, *ctx.attrs))
+
+        # the kernels' backward is not itself differentiable: a second derivative must raise, never be a
+        # silent 0.  once_differentiable does that, but its wrapper costs ~10 us a call; outside
+        # create_graph=True (grad mode off in the backward, as almost always) it only adds a no_grad
+        # region around a call already made without grad, so it is taken only when grad mode is on
+        checked_backward = once_differentiable(run_backward)
 
         class _Function(torch.autograd.Function):
             @staticmethod
             def forward(ctx, *inputs):
-                result = op._forward(*inputs, True)
+                result = forward(*inputs, True)
                 ctx.set_materialize_grads(False)
-                ctx.save_for_backward(*(inputs[i] for i in op.save_inputs), *(result[i] for i in op.save_outputs),
-                                      *result[op.n_outputs:])
+                if plain_save:
+                    ctx.save_for_backward(*result[n_outputs:])
+                else:
+                    ctx.save_for_backward(*(inputs[i] for i in op.save_inputs),
+                                          *(result[i] for i in op.save_outputs), *result[n_outputs:])
                 ctx.attrs = op._attrs(inputs)
-                outputs = result[:op.n_outputs]
-                return outputs[0] if op.n_outputs == 1 else outputs
+                return result[0] if n_outputs == 1 else result[:n_outputs]
 
             @staticmethod
-            @once_differentiable  # the kernels' backward is not itself differentiable: raise, never a silent 0
             def backward(ctx, *grads):
-                if all(g is None for g in grads):  # no output reached the loss
-                    return (None,) * op.n_inputs
-                return op._input_grads(op._backward(*grads, *ctx.saved_tensors, *ctx.attrs))
+                if torch.is_grad_enabled():  # create_graph=True: the checked path
+                    return checked_backward(ctx, *grads)
+                return run_backward(ctx, *grads)
 
         _Function.__name__ = _Function.__qualname__ = f"{self.name}_function"
         return _Function
 
     # ------------------------------------------------------------------ the call
     def __call__(self, *inputs):
-        need_grad = torch.is_grad_enabled() and any(
-            isinstance(inputs[i], torch.Tensor) and inputs[i].requires_grad for i in self.differentiable)
+        if self.differentiable == (0,):  # (no generator for the common case)
+            need_grad = torch.is_grad_enabled() and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad
+        else:
+            need_grad = torch.is_grad_enabled() and any(
+                isinstance(inputs[i], torch.Tensor) and inputs[i].requires_grad for i in self.differentiable)
         if torch.compiler.is_compiling():
             outputs = self.fwd_op(*inputs, need_grad)[:self.n_outputs]
         elif need_grad:

@@ -499,13 +499,23 @@ def test_unusable_interpreter_is_a_clear_error(monkeypatch):
         _dispatch._auto_picks_triton_once.cache_clear()
 
 
-@pytest.mark.parametrize("method", ["bitonic", "sinkhorn"])
-def test_double_backward_raises(method):
+@pytest.mark.parametrize("method, backend, dtype", [("bitonic", "torch", torch.float64),
+                                                    ("sinkhorn", "torch", torch.float64),
+                                                    ("permutahedron", "torch", torch.float64),
+                                                    ("permutahedron", "auto", torch.float32)])
+def test_double_backward_raises(method, backend, dtype):
     """The hand-written backwards are not themselves differentiable: a second derivative must raise,
-    not come out silently as zero or as the derivative of a detached expression."""
-    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
-    y = fastsort.soft_topk(x, 2, method=method, backend="torch")
-    (g,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x, create_graph=True)
+    not come out silently as zero or as the derivative of a detached expression (the eager Function
+    takes a separate, checked path when the backward runs with create_graph=True)."""
+    x = torch.randn(3, 6, dtype=dtype, requires_grad=True)
+    if method == "permutahedron":  # (no rows of P: its ranks)
+        y = fastsort.soft_rank(x, method=method, backend=backend)
+    else:
+        y = fastsort.soft_topk(x, 2, method=method, backend=backend)
+    w = torch.randn_like(y)
+    (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+    (plain,) = torch.autograd.grad((y * w).sum(), x, retain_graph=True)  # the usual path, same gradient
+    torch.testing.assert_close(g, plain, rtol=0, atol=0)
     # once_differentiable: the first derivative carries no graph (or a DelayedError node), so asking for
     # the second one raises
     with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiate twice"):
