@@ -63,6 +63,9 @@ def test_kernels_match_torch_ops(R, n, k, tau):
     assert_close(P, P64.float(), rtol=2e-6, atol=2e-7)
     assert top_idx.dtype == torch.int64 and top_idx.shape == (R, k)
     assert torch.equal(s.gather(1, top_idx), s.topk(k, dim=1).values)
+    if k == n <= cs.KERNEL_SORT_ROW:  # sorted in the kernel: ties in the order torch.sort gives them too
+        assert torch.equal(top_idx, s.sort(dim=1, descending=True, stable=True).indices)
+        assert torch.equal(top_idx, s.sort(dim=1, descending=True).indices)
     (P64 * G.double()).sum().backward()
     ds = cs.softsort_bwd(G, s, P, top_idx, tau)
     assert_close(ds, s64.grad.float(), rtol=1e-5, atol=1e-5 * max(1.0, s64.grad.abs().max().item()))
