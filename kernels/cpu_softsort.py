@@ -212,10 +212,9 @@ def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, tor
     R, n = s.shape
     P = torch.empty((R, k, n), dtype=torch.float32)
     if k == n <= KERNEL_SORT_ROW:
-        top_a, idx_a = np.empty((R, n), np.float32), np.empty((R, n), np.int64)
-        top_idx = torch.from_numpy(idx_a)
+        top_idx = torch.empty((R, n), dtype=torch.int64)
         if R and n:
-            args = (s.numpy(), top_a, idx_a, P.numpy(), np.float32(1.0 / tau))
+            args = (s.numpy(), np.empty((R, n), np.float32), top_idx.numpy(), P.numpy(), np.float32(1.0 / tau))
             run_parallel(lambda first, last: _sort_and_forward_block_rows(*args, first, last), R, R * k * n // 4)
         return P, top_idx
     top, top_idx = top_values(s, k)

@@ -196,7 +196,7 @@ GUARD_ELEMS = 1 << 20
 @contextlib.contextmanager
 def nan_filled_allocations(module, guards=True):
     """Tensors that code of ``module`` (the launchers) allocates with ``torch.empty``/``empty_like``/
-    ``Tensor.new_empty``, or wraps with ``torch.from_numpy`` (a fresh numpy allocation), come NaN-filled (integer ones -1), so an output element a kernel fails to
+    ``Tensor.new_empty`` come NaN-filled (integer ones -1), so an output element a kernel fails to
     write shows up.
 
     A 1-D 0-element float allocation (``new_empty(0)``, the placeholder for an output a kernel
@@ -206,7 +206,6 @@ def nan_filled_allocations(module, guards=True):
     reports it.  ``guards=False``: 0-element allocations stay as they are (the CPU kernels hand numpy arrays
     to their kernels; their empty tensors are placeholders a test may check for)."""
     real_empty, real_like, real_new = torch.empty, torch.empty_like, torch.Tensor.new_empty
-    real_from_numpy = torch.from_numpy  # (the CPU launchers wrap fresh numpy allocations as outputs)
     guards = []
 
     def fill(t):
@@ -222,7 +221,6 @@ def nan_filled_allocations(module, guards=True):
         mp.setattr(torch, "empty", lambda *a, **kw: fill(real_empty(*a, **kw)))
         mp.setattr(torch, "empty_like", lambda *a, **kw: fill(real_like(*a, **kw)))
         mp.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: fill(real_new(self, *a, **kw)))
-        mp.setattr(torch, "from_numpy", lambda a: fill(real_from_numpy(a)))
         yield
     finally:
         mp.undo()
