@@ -16,6 +16,8 @@ import torch
 
 def as_int(value, name: str) -> int:
     """``value`` as a Python int, or a ``TypeError`` naming ``name``."""
+    if type(value) is int:  # (the common case; a bool's type is bool)
+        return value
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
         raise TypeError(f"{name} must be an int, got a bool")
     try:
@@ -27,6 +29,8 @@ def as_int(value, name: str) -> int:
 
 def as_real(value, name: str) -> float:
     """``value`` as a Python float (ints and NumPy scalars included, bools not), or a ``TypeError``."""
+    if type(value) is float:  # (the common case, without the ~1 us ABC check below)
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     return float(value)

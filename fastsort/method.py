@@ -82,11 +82,12 @@ class Method:
     # ------------------------------------------------------------------ parameters
     def parse(self, params: Mapping[str, Any]) -> Dict[str, Any]:
         """The defaults updated by ``params``, each value checked (``TypeError`` for an unknown name)."""
-        unknown = set(params) - set(self.defaults)
-        if unknown:
+        defaults = self.defaults
+        if not params.keys() <= defaults.keys():
+            unknown = set(params) - set(defaults)
             raise TypeError(f"unexpected parameter(s) {sorted(unknown)} for method={self.name!r}; "
                             f"it takes {sorted(self.defaults)}")
-        return self.check(dict(self.defaults, **params))
+        return self.check({**defaults, **params})
 
     def check(self, p: Dict[str, Any]) -> Dict[str, Any]:
         """Validate and normalise the parameter values (override)."""
