@@ -77,6 +77,8 @@ class KernelOp:
         params = [p for p in hints if p not in ("return", "need_grad")]
         self.n_inputs = len(params)
         self.attr_positions = tuple(i for i, p in enumerate(params) if not _is_tensor_annotation(hints[p]))
+        #: the ``None`` gradients after the first input's when the first input is the only differentiable one
+        self._grad_tail = (None,) * (self.n_inputs - 1) if self.differentiable == (0,) else None
 
         self.fwd_op = torch.library.custom_op(f"fastsort::{name}_fwd", forward, mutates_args=())
         self.fwd_op.register_fake(forward_fake)
@@ -91,6 +93,8 @@ class KernelOp:
 
     def _input_grads(self, grads) -> tuple:
         """The backward's gradients placed at the differentiable positions, ``None`` elsewhere."""
+        if self._grad_tail is not None and not isinstance(grads, tuple):  # (the common case: no loop per call)
+            return (grads,) + self._grad_tail
         grads = grads if isinstance(grads, tuple) else (grads,)
         out = [None] * self.n_inputs
         for pos, g in zip(self.differentiable, grads):
@@ -115,18 +119,11 @@ class KernelOp:
         forward, backward, n_outputs, n_inputs = self._forward, self._backward, self.n_outputs, self.n_inputs
         plain_save = not self.save_inputs and not self.save_outputs  # (the common case: no generators per call)
         no_grads = (None,) * n_inputs
-        # the first input the only differentiable one, its gradient one tensor: no placing loop per call
-        rest = (None,) * (n_inputs - 1) if self.differentiable == (0,) else None
-
-        def input_grads(grads):
-            if rest is not None and not isinstance(grads, tuple):
-                return (grads,) + rest
-            return op._input_grads(grads)
 
         def run_backward(ctx, *grads):
             if all(g is None for g in grads):  # no output reached the loss
                 return no_grads
-            return input_grads(backward(*grads, *ctx.saved_tensors, *ctx.attrs))
+            return op._input_grads(backward(*grads, *ctx.saved_tensors, *ctx.attrs))
 
         # the kernels' backward is not itself differentiable: a second derivative must raise, never be a
         # silent 0.  once_differentiable does that, but its wrapper costs ~10 us a call; outside

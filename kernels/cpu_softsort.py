@@ -172,7 +172,9 @@ KERNEL_SORT_ROW = 16
 @numba.njit(**_JIT)
 def _sort_rows_descending(s, top, top_idx, first, last):
     """``top[r], top_idx[r]`` = row ``r`` of ``s`` sorted decreasing, stable (equal values keep their column
-    order), and the columns, for rows ``first .. last - 1``."""
+    order), and the columns, for rows ``first .. last - 1``.  (The fused loss's preselection has the same
+    insertion, ``cpu_topk_loss._insert``, with NaN ordering and a reserved first slot; called here per
+    element it took 61-75 us at ``[500, 16]`` against 28 us for this loop over finite rows.)"""
     n = s.shape[1]
     for r in range(first, last):
         for i in range(n):
