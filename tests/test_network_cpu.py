@@ -65,10 +65,11 @@ def test_codes_match_the_relaxation_table():
 
 
 @pytest.mark.parametrize("dist", DISTRIBUTIONS)
-@pytest.mark.parametrize("lam", [0.25, 0.5])
+@pytest.mark.parametrize("lam", [0.25, 0.5, 0.3])
 def test_relaxation_formulas(dist, lam):
     """Scalar and block functions vs the torch formulas in float64 on a grid with 0, tiny, huge,
-    negative, infinite and NaN differences."""
+    negative, infinite and NaN differences (logistic_phi: 1/2 and 1/4 take the square-root path,
+    0.3 exp and log)."""
     code = cr.CODES[dist]
     d = torch.tensor(GRID, dtype=torch.float64)
     ref_a = relax_alpha(d, dist, STEEPNESS, lam)
