@@ -111,10 +111,11 @@ def _forward_rows(s, top, P, c, first, last):
 
 
 @numba.njit(**_JIT)
-def _backward_rows(g, P, s, top, top_idx, ds, c, first, last):
-    """``ds [R, n] = dL/ds`` for rows ``first .. last - 1`` from ``g = dL/dP [R, k, n]`` and the forward's ``P``."""
+def _backward_rows(g, P, s, top_idx, ds, c, first, last):
+    """``ds [R, n] = dL/ds`` for rows ``first .. last - 1`` from ``g = dL/dP [R, k, n]``, the forward's ``P``
+    and its columns ``top_idx [R, k]`` (``t_i = s[r, top_idx[r, i]]``)."""
     n = s.shape[1]
-    k = top.shape[1]
+    k = top_idx.shape[1]
     for r in range(first, last):
         srow = s[r]
         drow = ds[r]
@@ -127,7 +128,7 @@ def _backward_rows(g, P, s, top, top_idx, ds, c, first, last):
             for j in range(n):
                 dot += grow[j] * prow[j]
             dotf = np.float32(dot)  # sum_l g_il P_il
-            t = top[r, i]
+            t = srow[top_idx[r, i]]
             dt = 0.0
             for j in range(n):
                 d = t - srow[j]
@@ -235,12 +236,11 @@ def softsort_bwd(grad: torch.Tensor, s: torch.Tensor, P: torch.Tensor, top_idx: 
     s = s.detach().contiguous()
     R, n = s.shape
     k = top_idx.shape[1]
-    g = grad.detach().to(torch.float32).contiguous()
+    g = grad.detach()
+    g = (g if g.dtype == torch.float32 else g.to(torch.float32)).contiguous()
     P = P.detach().contiguous()
-    ds = torch.empty((R, n), dtype=torch.float32)
+    ds = torch.empty_like(s)
     if R and n:
-        top = s.gather(1, top_idx)
-        args = (g.numpy(), P.numpy(), s.numpy(), top.numpy(), top_idx.contiguous().numpy(), ds.numpy(),
-                np.float32(1.0 / tau))
+        args = (g.numpy(), P.numpy(), s.numpy(), top_idx.contiguous().numpy(), ds.numpy(), np.float32(1.0 / tau))
         run_parallel(lambda first, last: _backward_rows(*args, first, last), R, R * k * n // 4)
     return ds
