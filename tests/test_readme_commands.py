@@ -4,7 +4,8 @@
 * README's main command (install + the demo) run verbatim in a new venv made here, then README's test
   command collecting the whole suite there (every test module imports with what the install gave).
   That costs ~2 minutes and needs the package index ``.ci/run`` installs from, so it runs where
-  ``FASTSORT_TEST_README_VENV=1`` (``.ci/run`` sets it) and skips elsewhere.
+  ``FASTSORT_TEST_README_VENV=1`` (``.ci/run`` sets it) and skips elsewhere; it is marked ``slow``,
+  so it runs in ``.ci/run``'s second command and the default suite stays within its time.
 """
 import os
 import pathlib
@@ -38,6 +39,7 @@ def test_ci_runs_the_readme_test_command():
         f".ci/run should end with README's test commands {commands!r}, ends with {ci[-len(commands):]!r}"
 
 
+@pytest.mark.slow  # (~2 min: in the slow part, which .ci/run runs after the default one)
 @pytest.mark.skipif(os.environ.get("FASTSORT_TEST_README_VENV") != "1",
                     reason="runs README's main command in a fresh venv (~2 min): FASTSORT_TEST_README_VENV=1, "
                            "set by .ci/run")
