@@ -306,25 +306,25 @@ def log_f64(x):
 
 
 @numba.njit(**_JIT)
-def _pow_neg(b, lam):
-    """``b ** (-lam)`` for ``b > 0`` (or inf, NaN) as ``exp(-lam log b)``; ``lam = 0`` gives exactly 1 (also
-    for inf and NaN, as Python's and torch's ``pow``).  ``lam = 1/2`` and ``1/4`` (difftopk's ``art_lambda``
-    in ``train_imagenet.py`` and both references' default) by square roots, one instruction each: within
-    2 ulp, and a third of logistic_phi's comparator cost."""
-    if lam == 0.5:
-        return _pow_neg_root(b, 1)
-    if lam == 0.25:
-        return _pow_neg_root(b, 2)
-    return 1.0 if lam == 0.0 else exp_f64(-lam * log_f64(b))
+def _root_count(lam):
+    """How :func:`_pow_neg` computes ``b ** -lam``: 1 / 2 for ``lam`` = 1/2 / 1/4 (one / two square roots),
+    0 otherwise (exp and log)."""
+    return 1 if lam == 0.5 else (2 if lam == 0.25 else 0)
 
 
 @numba.njit(**_JIT)
-def _pow_neg_root(b, roots):
-    """``b ** -(1/2)`` (``roots = 1``) or ``b ** -(1/4)`` (``roots = 2``) by square roots."""
-    r = math.sqrt(b)
+def _pow_neg(b, lam, roots):
+    """``b ** (-lam)`` for ``b > 0`` (or inf, NaN), with ``roots = _root_count(lam)``: ``lam = 1/2`` and ``1/4``
+    (difftopk's ``art_lambda`` in ``train_imagenet.py`` and both references' default) by square roots, one
+    instruction each (within 2 ulp; a third of logistic_phi's comparator cost), any other as ``exp(-lam
+    log b)``, where ``lam = 0`` gives exactly 1 (also for inf and NaN, as Python's and torch's ``pow``).
+    The block loops pass ``roots`` as a constant: a branch on ``lam`` inside them keeps them from
+    vectorising."""
+    if roots == 1:
+        return 1.0 / math.sqrt(b)
     if roots == 2:
-        r = math.sqrt(r)
-    return 1.0 / r
+        return 1.0 / math.sqrt(math.sqrt(b))
+    return 1.0 if lam == 0.0 else exp_f64(-lam * log_f64(b))
 
 
 def _atan(v, d):
@@ -365,31 +365,15 @@ def _logistic_slope(d, s, lam):
 
 
 @numba.njit(**_JIT)
-def _logistic_phi(d, s, lam):
-    return _sigmoid(d * (s * _pow_neg(abs(d) + _EPS, lam)))
+def _logistic_phi(d, s, lam, roots):
+    return _sigmoid(d * (s * _pow_neg(abs(d) + _EPS, lam, roots)))
 
 
 @numba.njit(**_JIT)
-def _logistic_phi_root(d, s, lam, roots):
-    """:func:`_logistic_phi` for ``lam = 1/2`` (``roots = 1``) or ``1/4`` (``roots = 2``); the block loops
-    call it with a constant ``roots`` (a branch on ``lam`` inside the loop keeps it from vectorising)."""
-    return _sigmoid(d * (s * _pow_neg_root(abs(d) + _EPS, roots)))
-
-
-@numba.njit(**_JIT)
-def _logistic_phi_slope(d, s, lam):
+def _logistic_phi_slope(d, s, lam, roots):
     ad = abs(d)
     den = ad + _EPS
-    scale = s * _pow_neg(den, lam)
-    return _sigmoid_slope(d * scale) * scale * (1.0 - lam * ad / den)
-
-
-@numba.njit(**_JIT)
-def _logistic_phi_slope_root(d, s, lam, roots):
-    """:func:`_logistic_phi_slope` as :func:`_logistic_phi_root`."""
-    ad = abs(d)
-    den = ad + _EPS
-    scale = s * _pow_neg_root(den, roots)
+    scale = s * _pow_neg(den, lam, roots)
     return _sigmoid_slope(d * scale) * scale * (1.0 - lam * ad / den)
 
 
@@ -449,7 +433,7 @@ def alpha(d, code, steepness, art_lambda):
     if code == LOGISTIC:
         return _logistic(d, steepness, art_lambda)
     if code == LOGISTIC_PHI:
-        return _logistic_phi(d, steepness, art_lambda)
+        return _logistic_phi(d, steepness, art_lambda, _root_count(art_lambda))
     if code == GAUSSIAN:
         return _gaussian(d, steepness, art_lambda)
     if code == RECIPROCAL:
@@ -467,7 +451,7 @@ def slope(d, code, steepness, art_lambda):
     if code == LOGISTIC:
         return _logistic_slope(d, steepness, art_lambda)
     if code == LOGISTIC_PHI:
-        return _logistic_phi_slope(d, steepness, art_lambda)
+        return _logistic_phi_slope(d, steepness, art_lambda, _root_count(art_lambda))
     if code == GAUSSIAN:
         return _gaussian_slope(d, steepness, art_lambda)
     if code == RECIPROCAL:
@@ -490,15 +474,15 @@ def alphas(d, out, code, steepness, art_lambda):
     if code == LOGISTIC:
         for k in range(K):
             out[k] = _logistic(d[k], s, lam)
-    elif code == LOGISTIC_PHI and lam == 0.5:
+    elif code == LOGISTIC_PHI and _root_count(lam) == 1:  # (a constant count per loop: see _pow_neg)
         for k in range(K):
-            out[k] = _logistic_phi_root(d[k], s, lam, 1)
-    elif code == LOGISTIC_PHI and lam == 0.25:
+            out[k] = _logistic_phi(d[k], s, lam, 1)
+    elif code == LOGISTIC_PHI and _root_count(lam) == 2:
         for k in range(K):
-            out[k] = _logistic_phi_root(d[k], s, lam, 2)
+            out[k] = _logistic_phi(d[k], s, lam, 2)
     elif code == LOGISTIC_PHI:
         for k in range(K):
-            out[k] = _logistic_phi(d[k], s, lam)
+            out[k] = _logistic_phi(d[k], s, lam, 0)
     elif code == GAUSSIAN:
         for k in range(K):
             out[k] = _gaussian(d[k], s, lam)
@@ -523,15 +507,15 @@ def slopes(d, out, code, steepness, art_lambda):
     if code == LOGISTIC:
         for k in range(K):
             out[k] = _logistic_slope(d[k], s, lam)
-    elif code == LOGISTIC_PHI and lam == 0.5:
+    elif code == LOGISTIC_PHI and _root_count(lam) == 1:  # (a constant count per loop: see _pow_neg)
         for k in range(K):
-            out[k] = _logistic_phi_slope_root(d[k], s, lam, 1)
-    elif code == LOGISTIC_PHI and lam == 0.25:
+            out[k] = _logistic_phi_slope(d[k], s, lam, 1)
+    elif code == LOGISTIC_PHI and _root_count(lam) == 2:
         for k in range(K):
-            out[k] = _logistic_phi_slope_root(d[k], s, lam, 2)
+            out[k] = _logistic_phi_slope(d[k], s, lam, 2)
     elif code == LOGISTIC_PHI:
         for k in range(K):
-            out[k] = _logistic_phi_slope(d[k], s, lam)
+            out[k] = _logistic_phi_slope(d[k], s, lam, 0)
     elif code == GAUSSIAN:
         for k in range(K):
             out[k] = _gaussian_slope(d[k], s, lam)

@@ -24,7 +24,7 @@ def _log_block(x, out):
 @numba.njit(error_model="numpy", fastmath={"contract"})
 def _pow_block(x, lam, out):
     for k in range(x.shape[0]):
-        out[k] = cr._pow_neg(x[k], lam)
+        out[k] = cr._pow_neg(x[k], lam, cr._root_count(lam))
 
 
 def _ulps(got, want):
