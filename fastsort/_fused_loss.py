@@ -10,7 +10,10 @@ four launches: the fused kernel and the mean in the forward, autograd's
 ``fastsort::topk_ce_bwd`` while ``torch.compile`` traces).
 
 Backends: ``triton`` (:mod:`fastsort.kernels.topk_loss`) and ``numba``
-(:mod:`fastsort.kernels.cpu_topk_loss`), with the same launcher contract.
+(:mod:`fastsort.kernels.cpu_topk_loss`), with the same launcher contract; NeuralSort
+and SoftSort (``kind`` in :data:`ROWS_KINDS`, ``numba`` only) have their own forward
+kernel (:mod:`fastsort.kernels.cpu_rows_loss`: ``steepness`` carries ``1 / tau``,
+``distribution`` and ``art_lambda`` are unused) and the same backward.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ from .networks import get_network
 MAX_FUSED_M = 256
 
 _KERNEL_MODULES = {"triton": "fastsort.kernels.topk_loss", "numba": "fastsort.kernels.cpu_topk_loss"}
+#: the methods whose fused forward is :mod:`fastsort.kernels.cpu_rows_loss`'s (the backward is the networks')
+ROWS_KINDS = ("neuralsort", "softsort")
+_ROWS_KERNELS = {"numba": "fastsort.kernels.cpu_rows_loss"}
 
 
 def _kernels(backend: str):
@@ -40,9 +46,14 @@ def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, 
     """``(loss, out [B, 1 + m], idx [B, m])``: the reduced loss in the logits' dtype, then the per-row
     loss (column 0) with its gradient w.r.t. the m wires, and the wires' columns (``n_classes``: the
     logits' width, for the backward, which saves no input)."""
-    table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
-    out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table, (distribution, steepness, art_lambda),
-                                             m, mode, p_first, p_rest, need_grad)
+    if kind in ROWS_KINDS:  # (steepness carries 1 / tau)
+        out, idx = importlib.import_module(_ROWS_KERNELS[backend]).rows_ce_fwd(
+            logits, labels, tuple(c), kind, steepness, m, mode, p_first, p_rest, need_grad)
+    else:
+        table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
+        out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table,
+                                                 (distribution, steepness, art_lambda), m, mode, p_first, p_rest,
+                                                 need_grad)
     # copy=True: with reduction "none" the loss would otherwise be a view of ``out`` (outputs of a
     # custom op may not alias each other)
     return reduce_loss(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none"), out, idx
@@ -75,9 +86,11 @@ TOPK_CE_OP = KernelOp("topk_ce", _forward, _backward, forward_fake=_forward_fake
                       n_outputs=1)
 
 
-def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, params: dict,
-                             mode: str, p_first: float, p_rest: float, reduction: str, backend: str) -> Tensor:
-    """The fused loss with top-m preselection, reduced (``mean``/``sum``/``none``), in the logits' dtype."""
-    return TOPK_CE_OP(logits, labels, [float(v) for v in c], kind, m, params["distribution"],
-                      float(params["steepness"]), float(params["art_lambda"]), mode, float(p_first), float(p_rest),
-                      reduction, logits.shape[1], backend)
+def fused_topk_cross_entropy(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int,
+                             relax: Tuple[str, float, float], mode: str, p_first: float, p_rest: float,
+                             reduction: str, backend: str) -> Tensor:
+    """The fused loss with top-m preselection, reduced (``mean``/``sum``/``none``), in the logits' dtype;
+    ``relax``: the method's :meth:`~fastsort.method.Method.fused_loss` triple."""
+    distribution, steepness, art_lambda = relax
+    return TOPK_CE_OP(logits, labels, [float(v) for v in c], kind, m, distribution, float(steepness),
+                      float(art_lambda), mode, float(p_first), float(p_rest), reduction, logits.shape[1], backend)

@@ -44,7 +44,6 @@ from ._fused_loss import MAX_FUSED_M, fused_topk_cross_entropy
 from ._validate import (REDUCTIONS, as_int, as_positive, as_real, check_logits_labels, check_p_k, check_reduction,
                         reduce_loss)
 from .functional import autocast_off
-from .networks import NetworkMethod
 from .registry import METHODS
 
 __all__ = ["topk_cross_entropy", "TopKCrossEntropyLoss", "TOP1_MODES", "REDUCTIONS"]
@@ -254,13 +253,14 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
     be = choose_backend(logits, backend, meth.kernels, n=m)  # the method sees m wires with preselection
     c = rank_weights(p, top1_mode)
-    if be in ("triton", "numba") and isinstance(meth, NetworkMethod) and m is not None and m <= MAX_FUSED_M:
+    relax = meth.fused_loss(params, be) if m is not None and m <= MAX_FUSED_M else None
+    if relax is not None:
         # the fused kernel reads the logits in their own dtype (no cast pass)
         if valid is None:  # the op owns the reduction
-            return fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]),
+            return fused_topk_cross_entropy(logits, labels, c, method, m, relax, top1_mode, p[0], sum(p[1:]),
                                             reduction, be)
         # ignored rows: the kernel sees label 0 there, and their loss (hence their gradient) is masked out
-        loss = fused_topk_cross_entropy(logits, labels, c, method, m, params, top1_mode, p[0], sum(p[1:]), "none", be)
+        loss = fused_topk_cross_entropy(logits, labels, c, method, m, relax, top1_mode, p[0], sum(p[1:]), "none", be)
         return _masked_mean(loss, valid, reduction)
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     y = labels

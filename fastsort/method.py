@@ -19,7 +19,7 @@ restore the caller's shape and dtype.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -96,6 +96,12 @@ class Method:
     def loss_params(self, inverse_temperature: float, distribution: str, art_lambda: float) -> Dict[str, Any]:
         """The parameters that :func:`fastsort.topk_cross_entropy`'s arguments stand for (override)."""
         raise NotImplementedError(f"method {self.name!r} lists 'loss' in its ops but defines no loss_params")
+
+    def fused_loss(self, p: Dict[str, Any], backend: str) -> Optional[Tuple[str, float, float]]:
+        """``(distribution, steepness, art_lambda)`` for the fused top-k loss kernel of ``backend``
+        (``fastsort/_fused_loss.py``, used with top-m preselection) when it serves this method with
+        parameters ``p``, else None: the loss then runs :meth:`loss_column` (override)."""
+        return None
 
     def kernel_row_length(self, n: int) -> int:
         """The row length its kernels see for ``n`` inputs (``auto`` runs rows that are too long on torch)."""

@@ -245,6 +245,10 @@ class NeuralSort(RowsMethod):
     def loss_params(self, inverse_temperature, distribution, art_lambda):
         return self.parse(dict(tau=1.0 / inverse_temperature))
 
+    def fused_loss(self, p, backend):
+        # the CPU kernel of fastsort/kernels/cpu_rows_loss.py: ``steepness`` = 1 / tau
+        return ("none", 1.0 / p["tau"], 0.0) if backend == "numba" else None
+
     def topk(self, x, k, p, backend):
         return neuralsort_rows(x, k, p["tau"], backend)
 
@@ -266,6 +270,9 @@ class SoftSort(NeuralSort):
         p = super().check(p)
         p["pow"] = as_positive(p["pow"], "pow")
         return p
+
+    def fused_loss(self, p, backend):
+        return super().fused_loss(p, backend) if p["pow"] == 1.0 else None  # (the kernel's |d|)
 
     def topk(self, x, k, p, backend):
         return softsort_rows(x, k, p["tau"], p["pow"], backend)

@@ -47,7 +47,7 @@ import torch
 from .cpu_network import comparators, run_parallel
 from .cpu_relaxations import alphas, check_code, relaxation_code, slopes
 
-__all__ = ["MODE_CODES", "preselect", "topk_ce_fwd", "topk_ce_bwd"]
+__all__ = ["MODE_CODES", "loss_terms", "preselect", "topk_ce_fwd", "topk_ce_bwd"]
 
 #: top1_mode -> the kernel's integer code (the Triton kernel's ``MODE`` values)
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
@@ -62,6 +62,23 @@ _SHRINK = 1.0 - 2e-7  # loss = -log(q * _SHRINK + 1e-7)
 RB = 32
 _JIT = dict(cache=True, error_model="numpy")  # numpy's: IEEE division, no zero checks in the loops
 _INLINE = dict(_JIT, inline="always")
+
+
+@numba.njit(**_INLINE)
+def loss_terms(q_net, sm0, ce, mode, p_first, p_rest):
+    """``(loss, dloss/dq_net)`` of ``top1_mode`` code ``mode`` (:data:`MODE_CODES`) from the network
+    part ``q_net = sum_r c_r P[r, 0]``, the label's softmax probability ``sm0`` over the wires (``sm``)
+    and its cross-entropy ``ce`` (``smce``; the other modes ignore them)."""
+    if mode == 0:  # sm
+        den = (p_first * sm0 + q_net) * _SHRINK + 1e-7
+        return -math.log(den), -_SHRINK / den
+    if mode == 1:  # smce
+        den = q_net * _SHRINK + 1e-7
+        return p_first * ce - p_rest * math.log(den), -p_rest * _SHRINK / den
+    if mode == 2:  # sort
+        den = q_net * _SHRINK + 1e-7
+        return -math.log(den), -_SHRINK / den
+    raise ValueError("unknown top1_mode code (expected 0..2)")
 
 
 @numba.njit(**_INLINE)
@@ -253,21 +270,8 @@ def _loss_block(b0, logits, labels, v, comps, count, out, idx, code, steepness, 
         q_net = 0.0
         for j in range(m):
             q_net += a[j, k] * v[j]
-        if mode == 0:  # sm
-            den = (p_first * sm[0, k] + q_net) * _SHRINK + 1e-7
-            loss = -math.log(den)
-            g_q = -_SHRINK / den
-        elif mode == 1:  # smce
-            ce = math.log(lane[1, k]) + lane[0, k] - lane[3, k]
-            den = q_net * _SHRINK + 1e-7
-            loss = p_first * ce - p_rest * math.log(den)
-            g_q = -p_rest * _SHRINK / den
-        elif mode == 2:  # sort
-            den = q_net * _SHRINK + 1e-7
-            loss = -math.log(den)
-            g_q = -_SHRINK / den
-        else:
-            raise ValueError("unknown top1_mode code (expected 0..2)")
+        loss, g_q = loss_terms(q_net, sm[0, k], math.log(lane[1, k]) + lane[0, k] - lane[3, k], mode, p_first,
+                               p_rest)
         lane[2, k] = g_q
         out[b, 0] = math.nan if lane[4, k] else loss
     if not need_grad:

@@ -60,6 +60,9 @@ class NetworkMethod(Method):
     def loss_params(self, inverse_temperature, distribution, art_lambda):
         return self.parse(dict(steepness=inverse_temperature, distribution=distribution, art_lambda=art_lambda))
 
+    def fused_loss(self, p, backend):
+        return (p["distribution"], p["steepness"], p["art_lambda"]) if backend in self.kernels else None
+
     # ------------------------------------------------------------------ the ops
     def sweep(self, x, p, init, backend, k=None):
         """``(y [R, n], S0 [R, C, n])``: the network's values and the reverse sweep of ``init [C, n]``

@@ -1,0 +1,232 @@
+"""The fused NeuralSort / SoftSort top-k loss on the CPU (``fastsort/kernels/cpu_rows_loss.py``).
+
+Checked against independent computations: difftopk's own loss (float32), the
+torch path of ``fastsort.topk_cross_entropy`` run in float64 (its NeuralSort and
+SoftSort rows are tested against difftopk and dense references elsewhere), and
+hand-worked special rows.  Launcher outputs start NaN-filled
+(``helpers.nan_filled_allocations``), so an element the kernel leaves unwritten
+fails the comparison.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+numba = pytest.importorskip("numba")
+
+import fastsort  # noqa: E402
+from fastsort import METHODS  # noqa: E402
+from fastsort.kernels import cpu_rows_loss as crl  # noqa: E402
+from fastsort.kernels import cpu_topk_loss as cl  # noqa: E402
+from fastsort.losses import rank_weights  # noqa: E402
+from helpers import assert_close, nan_filled_allocations  # noqa: E402
+
+KINDS = ("neuralsort", "softsort")
+MODES = ("sm", "smce", "sort")
+INF = float("inf")
+
+
+@pytest.fixture(autouse=True)
+def nan_outputs():
+    with nan_filled_allocations(crl, guards=False), nan_filled_allocations(cl, guards=False):
+        yield
+
+
+def _kernel(x, y, p, kind, m, mode, it, need_grad=True):
+    """``(per-row loss, dloss/dlogits)`` of the kernel and the networks' scatter (rows summed)."""
+    out, idx = crl.rows_ce_fwd(x, y, tuple(rank_weights(p, mode)), kind, it, m, mode, p[0], sum(p[1:]), need_grad)
+    if not need_grad:
+        return out, idx
+    return out[:, 0], cl.topk_ce_bwd(out, idx, torch.tensor(1.0), x.shape[1], torch.float32, 1.0, col0=1), idx
+
+
+def _torch64(x, y, p, kind, m, mode, it):
+    x64 = x.double().requires_grad_(True)
+    loss = fastsort.topk_cross_entropy(x64, y, p, kind, m=m, inverse_temperature=it, top1_mode=mode,
+                                       reduction="none", backend="torch")
+    loss.sum().backward()
+    return loss.detach(), x64.grad
+
+
+def _special_logits(B=14, C=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(B, C, generator=g)
+    y = torch.randint(0, C, (B,), generator=g)
+    x[0, :30] = -INF  # masked classes: fewer finite logits than wires
+    x[1, y[1]] = -INF  # the label masked
+    x[2] = -INF  # everything masked but the label
+    x[2, y[2]] = 0.5
+    x[3, :36] = -INF  # 4 finite logits, the label perhaps among the masked
+    return x, y
+
+
+@pytest.mark.parametrize("p,m", [([0.5, 0, 0, 0, 0.5], 16), ([0.2, 0.3, 0.5], 7), ([1.0], 4), ([0.1] * 10, 11)])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_matches_the_float64_torch_path(kind, mode, p, m):
+    """Loss and gradient, masked classes and labels included; the loss without a gradient is the same."""
+    x, y = _special_logits()
+    for it in (0.5, 2.0):
+        loss_r, grad_r = _torch64(x, y, p, kind, m, mode, it)
+        loss, grad, idx = _kernel(x, y, p, kind, m, mode, it)
+        assert (idx[:, 0] == y).all()
+        assert_close(loss, loss_r.float(), rtol=2e-5, atol=2e-5)  # (inf: a masked label's smce term)
+        assert_close(grad, grad_r.float(), rtol=1e-4, atol=2e-6)
+        out0, idx0 = _kernel(x, y, p, kind, m, mode, it, need_grad=False)
+        assert out0.shape == (x.shape[0], 1) and idx0.shape == (x.shape[0], 0)
+        torch.testing.assert_close(out0[:, 0], loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wide_rows_over_threads(kind):
+    """ImageNet-like rows split over the threads: the torch path's numbers."""
+    g = torch.Generator().manual_seed(3)
+    x = 3 * torch.randn(300, 1003, generator=g)
+    y = torch.randint(0, 1003, (300,), generator=g)
+    p = [0.5, 0, 0, 0, 0.5]
+    loss_r, grad_r = _torch64(x, y, p, kind, 16, "sm", 0.5)
+    loss, grad, _ = _kernel(x, y, p, kind, 16, "sm", 0.5)
+    assert_close(loss, loss_r.float(), rtol=2e-5, atol=2e-5)
+    assert_close(grad, grad_r.float(), rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_wire_masked_and_hand_worked_rows(kind):
+    """Two classes, m = 2: NeuralSort and SoftSort rows by hand; all wires -inf: the softmax is NaN (as
+    torch's), ``sort`` mode's q is the even spread ``sum_r c_r / m``."""
+    x = torch.tensor([[1.0, 3.0, -INF]])
+    y = torch.tensor([0])
+    # wires (1, 3), tau = 1, rank 1: NeuralSort (n + 1 - 2) s - A 1 = (1 - 2, 3 - 2), SoftSort -|3 - s| = (-2, 0):
+    # both give P[1, 0] = 1 / (1 + e^2)
+    loss, grad, _ = _kernel(x, y, [1.0], kind, 2, "sort", 1.0)
+    q = 1 / (1 + math.exp(2))
+    assert_close(loss, torch.tensor([-math.log(q * (1 - 2e-7) + 1e-7)]).float(), rtol=1e-6, atol=1e-6)
+    # d(-log q)/ds_0 = -(1 - q) * dz_0/ds_0 + ... : the two wires' gradients cancel (a shift changes nothing)
+    assert_close(grad[0, 0] + grad[0, 1], torch.tensor(0.0), atol=1e-6)
+    assert grad[0, 0] < 0 and grad[0, 2] == 0
+    x = torch.full((1, 5), -INF)
+    out, idx = crl.rows_ce_fwd(x, torch.tensor([2]), (0.5, 0.5), kind, 1.0, 3, "sort", 0.0, 1.0, True)
+    assert_close(out[0, 0], torch.tensor(-math.log((1.0 / 3) * (1 - 2e-7) + 1e-7)), rtol=1e-6, atol=1e-6)
+    assert (out[0, 1:] == 0).all()
+    out, _ = crl.rows_ce_fwd(x, torch.tensor([2]), (0.5, 0.5), kind, 1.0, 3, "sm", 0.5, 0.5, True)
+    assert torch.isnan(out).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_inf_and_bad_labels_give_nan_rows(kind):
+    """A NaN or +inf logit anywhere in the row, or an out-of-range label: loss and wire gradients NaN,
+    the columns still written (NaN ranks first); the other rows untouched."""
+    x = torch.randn(5, 30)
+    y = torch.tensor([0, 1, 30, -1, 4])
+    x[0, 7] = float("nan")
+    x[1, 9] = INF
+    loss, grad, idx = _kernel(x, y, [0.5, 0.5], kind, 8, "smce", 2.0)
+    assert idx[0, 1] == 7 and idx[1, 1] == 9
+    assert torch.isnan(loss[:4]).all() and torch.isfinite(loss[4])
+    assert torch.isnan(grad[:2].gather(1, idx[:2])).all() and torch.isfinite(grad[4]).all()
+
+
+def test_neuralsort_tied_wires_get_equal_gradients_softsort_the_torch_loss():
+    """Exactly tied logits: NeuralSort's derivative of ``|d|`` at 0 is 0 (the NeuralSort kernels'
+    symmetric gradient, hand-checked: swapping two tied wires changes nothing); both losses equal the
+    torch path's."""
+    x = torch.tensor([[2.0, 1.0, 1.0, 0.0, -1.0, 1.0]])
+    y = torch.tensor([3])
+    for kind in KINDS:  # wires: the label's 0, then 2 and the two first 1s (columns 1, 2)
+        loss_r, _ = _torch64(x, y, [0.5, 0.5], kind, 4, "sm", 1.0)
+        loss, grad, idx = _kernel(x, y, [0.5, 0.5], kind, 4, "sm", 1.0)
+        assert_close(loss, loss_r.float(), rtol=1e-6, atol=1e-6)
+        if kind == "neuralsort":
+            assert idx[0].tolist() == [3, 0, 1, 2]
+            assert grad[0, 1] == grad[0, 2] != 0 and grad[0, 5] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_public_loss_uses_the_kernel_and_matches_difftopk(monkeypatch, kind, mode):
+    """``auto`` on float32 CPU logits with ``m`` runs the fused kernel (counted), and the loss and its
+    gradient equal difftopk's own."""
+    difftopk = pytest.importorskip("difftopk")  # (a failure in CI: FASTSORT_REQUIRE_ORACLES)
+    calls = []
+    real = crl.rows_ce_fwd
+    monkeypatch.setattr(crl, "rows_ce_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(5)
+    C, m, it, p = 12, 7, 2.0, [0.5, 0.0, 0.0, 0.0, 0.5]
+    logits = torch.randn(6, C, generator=g).requires_grad_()
+    labels = torch.randint(0, C, (6,), generator=g)
+    ref = difftopk.TopKCrossEntropyLoss(kind, it, p, n=C, m=m, top1_mode=mode)(logits, labels)
+    out = fastsort.topk_cross_entropy(logits, labels, p, kind, m=m, inverse_temperature=it, top1_mode=mode)
+    assert calls, "the fused kernel did not run"
+    assert out.dtype == torch.float32 and out.shape == ()
+    assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (ga,) = torch.autograd.grad(out, logits)
+    (gb,) = torch.autograd.grad(ref, logits)
+    assert_close(ga, gb, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ignore_index_reductions_and_half_logits(kind):
+    """Ignored rows (0 loss and gradient), ``sum`` / ``none``, bf16 logits (computed in float32): the
+    torch path's numbers."""
+    g = torch.Generator().manual_seed(2)
+    x = 3 * torch.randn(9, 50, generator=g)
+    y = torch.randint(0, 50, (9,), generator=g)
+    y[[2, 5]] = -100
+    for reduction in ("mean", "sum", "none"):
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = (x.to(dtype).detach().clone().requires_grad_() for _ in range(2))
+            kw = dict(m=10, inverse_temperature=0.5, reduction=reduction)
+            la = fastsort.topk_cross_entropy(a, y, [0.5, 0.5], kind, backend="numba", **kw)
+            lb = fastsort.topk_cross_entropy(b, y, [0.5, 0.5], kind, backend="torch", **kw)
+            assert la.dtype == dtype
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            assert_close(la.float(), lb.float(), rtol=tol, atol=tol)
+            G = torch.randn(la.shape, generator=g)
+            (la.float() * G).sum().backward()
+            (lb.float() * G).sum().backward()
+            assert_close(a.grad.float(), b.grad.float(), rtol=tol, atol=tol)
+            assert (a.grad[[2, 5]] == 0).all()
+
+
+def test_which_methods_have_the_fused_kernel():
+    """NeuralSort and SoftSort with ``pow = 1`` on ``numba``; SoftSort's other powers, the other backends
+    and Sinkhorn run the methods' ops."""
+    ns, ss = METHODS["neuralsort"], METHODS["softsort"]
+    assert ns.fused_loss({"tau": 0.5}, "numba") == ("none", 2.0, 0.0)
+    assert ns.fused_loss({"tau": 0.5}, "torch") is None and ns.fused_loss({"tau": 0.5}, "triton") is None
+    assert ss.fused_loss({"tau": 0.5, "pow": 1.0}, "numba") == ("none", 2.0, 0.0)
+    assert ss.fused_loss({"tau": 0.5, "pow": 2.0}, "numba") is None
+    assert METHODS["sinkhorn"].fused_loss(METHODS["sinkhorn"].parse({}), "numba") is None
+    assert METHODS["bitonic"].fused_loss(METHODS["bitonic"].parse({}), "torch") is None
+
+
+def test_launcher_checks():
+    x, y = torch.randn(4, 10), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match="serves"):
+        crl.rows_ce_fwd(x, y, (1.0,), "sinkhorn", 1.0, 5, "sm", 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="top1_mode"):
+        crl.rows_ce_fwd(x, y, (1.0,), "neuralsort", 1.0, 5, "ce", 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="wires"):
+        crl.rows_ce_fwd(x, y, (1.0,), "neuralsort", 1.0, 11, "sm", 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="rank weights"):
+        crl.rows_ce_fwd(x, y, (0.2,) * 6, "neuralsort", 1.0, 5, "sm", 0.5, 0.5, True)
+    with pytest.raises(ValueError, match="rows-method code"):
+        crl._rows_ce_run(x.numpy(), y.numpy(), np.ones(1), 5, 1.0, 0, 0.5, 0.5, True, 5, np.empty((4, 6), np.float32),
+                         np.empty((4, 5), np.int64), 0, 4)
+
+
+def test_compiled_graph_matches_eager():
+    """The fused op under ``torch.compile`` (its fake functions), NeuralSort on ``numba``: as eager."""
+    def f(x, y):
+        return fastsort.topk_cross_entropy(x, y, [0.5, 0.5], "neuralsort", m=6, backend="numba")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    x, y = torch.randn(5, 12), torch.randint(0, 12, (5,))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    la, lb = compiled(a, y), f(b, y)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(a.grad, b.grad)
