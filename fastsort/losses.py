@@ -13,8 +13,11 @@ the network methods run a single weight vector through the reverse sweep
 ``m`` set, the true logit and the ``m - 1`` largest others are preselected
 (true first, label 0) and only they are sorted; the softmax / cross-entropy
 terms of ``top1_mode`` then also run over those ``m`` logits (difftopk's
-semantics).  On CUDA the whole loss runs in one fused Triton kernel
-(docs/design.md, "Top-k cross-entropy and preselection").
+semantics).  With ``m`` set, the whole loss runs in one fused kernel where the
+method's :meth:`~fastsort.method.Method.fused_loss` names one: the networks'
+Triton kernel on CUDA and its numba twin on the CPU, NeuralSort's and
+SoftSort's numba kernel on the CPU (docs/design.md, "Top-k cross-entropy and
+preselection").
 
 As a drop-in for ``torch.nn.CrossEntropyLoss``: labels of any integer dtype;
 ``ignore_index`` (default -100) rows contribute 0 loss and 0 gradient, and the

@@ -415,8 +415,9 @@ def test_preselect_checks():
 
 @pytest.mark.parametrize("method", ["neuralsort", "softsort", "sinkhorn"])
 def test_loss_torch_ops_with_compiled_preselection(method):
-    """The methods without a fused kernel gather their wires through the compiled preselection under
-    ``auto``: the loss and its gradient equal ``backend="torch"``'s (torch.topk), +inf rows NaN."""
+    """Under ``auto`` Sinkhorn gathers its wires through the compiled preselection, NeuralSort and
+    SoftSort run their fused kernel (``kernels/cpu_rows_loss.py``, which starts with that preselection):
+    the loss and its gradient equal ``backend="torch"``'s (torch.topk), +inf rows NaN."""
     g = torch.Generator().manual_seed(1)
     x = (3 * torch.randn(50, 300, generator=g))
     y = torch.randint(0, 300, (50,), generator=g)
