@@ -373,6 +373,13 @@ def main(argv=None) -> int:
         t.run("a.fsT16", "a", case + " bf16", "fastsort backend='torch'",
               lambda: make_step(fastsort_loss(backend="torch"), *inputs(B_LOSS, C_LOSS, torch.bfloat16)), nb16,
               mem=True)
+        for method in ("neuralsort", "softsort"):  # their fused kernel (rows_ce_fwd) against their torch ops
+            t.run(f"a.{method}32", "a", case + " fp32", f"fastsort {method} fused (triton)",
+                  lambda: make_step(fastsort_loss(method), *inputs(B_LOSS, C_LOSS, torch.float32)), nb32,
+                  ref=f"a.{method}T32", mem=True)
+            t.run(f"a.{method}T32", "a", case + " fp32", f"fastsort {method} backend='torch'",
+                  lambda: make_step(fastsort_loss(method, backend="torch"), *inputs(B_LOSS, C_LOSS, torch.float32)),
+                  nb32, mem=True)
         goal("fused loss fp32 within 1.5x of torch CE (fused / CE)", t.ratio("a.fs32", "a.ce32"), "<=", 1.5)
         goal("fused loss bf16 within 1.5x of torch CE (fused / CE)", t.ratio("a.fs16", "a.ce16"), "<=", 1.5)
         goal("fused loss fp32 >= 50x faster than difftopk", t.ratio("a.dt32", "a.fs32"), ">=", 50.0)

@@ -11,9 +11,10 @@ four launches: the fused kernel and the mean in the forward, autograd's
 
 Backends: ``triton`` (:mod:`fastsort.kernels.topk_loss`) and ``numba``
 (:mod:`fastsort.kernels.cpu_topk_loss`), with the same launcher contract; NeuralSort
-and SoftSort (``kind`` in :data:`ROWS_KINDS`, ``numba`` only) have their own forward
-kernel (:mod:`fastsort.kernels.cpu_rows_loss`: ``steepness`` carries ``1 / tau``,
-``distribution`` and ``art_lambda`` are unused) and the same backward.
+and SoftSort (``kind`` in :data:`ROWS_KINDS`) have their own forward kernel
+(:mod:`fastsort.kernels.cpu_rows_loss`, ``rows_ce_fwd`` of :mod:`fastsort.kernels.topk_loss`:
+``steepness`` carries ``1 / tau``, ``distribution`` and ``art_lambda`` are unused) and the
+same backward.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ from .networks import get_network
 MAX_FUSED_M = 256
 
 _KERNEL_MODULES = {"triton": "fastsort.kernels.topk_loss", "numba": "fastsort.kernels.cpu_topk_loss"}
-#: the methods whose fused forward is :mod:`fastsort.kernels.cpu_rows_loss`'s (the backward is the networks')
+#: the methods whose fused forward is ``rows_ce_fwd`` (the backward is the networks')
 ROWS_KINDS = ("neuralsort", "softsort")
-_ROWS_KERNELS = {"numba": "fastsort.kernels.cpu_rows_loss"}
+_ROWS_KERNELS = {"numba": "fastsort.kernels.cpu_rows_loss", "triton": "fastsort.kernels.topk_loss"}
 
 
 def _kernels(backend: str):

@@ -15,9 +15,8 @@ the network methods run a single weight vector through the reverse sweep
 terms of ``top1_mode`` then also run over those ``m`` logits (difftopk's
 semantics).  With ``m`` set, the whole loss runs in one fused kernel where the
 method's :meth:`~fastsort.method.Method.fused_loss` names one: the networks'
-Triton kernel on CUDA and its numba twin on the CPU, NeuralSort's and
-SoftSort's numba kernel on the CPU (docs/design.md, "Top-k cross-entropy and
-preselection").
+Triton kernel on CUDA and its numba twin on the CPU, and NeuralSort's and
+SoftSort's pair (docs/design.md, "Top-k cross-entropy and preselection").
 
 As a drop-in for ``torch.nn.CrossEntropyLoss``: labels of any integer dtype;
 ``ignore_index`` (default -100) rows contribute 0 loss and 0 gradient, and the
@@ -254,7 +253,7 @@ def _topk_cross_entropy(logits, labels, p_k, method, m, inverse_temperature, dis
             raise ValueError(f"m must be an int with K < m < n_classes (K = len(p_k) = {K}, n_classes = {C}), got {m!r}")
     elif K > C:
         raise ValueError(f"len(p_k) = {K} must not exceed the number of classes {C}")
-    be = choose_backend(logits, backend, meth.kernels, n=m)  # the method sees m wires with preselection
+    be = choose_backend(logits, backend, meth.loss_kernels or meth.kernels, n=m)  # it sees m wires with preselection
     c = rank_weights(p, top1_mode)
     relax = meth.fused_loss(params, be) if m is not None and m <= MAX_FUSED_M else None
     if relax is not None:

@@ -55,6 +55,9 @@ class Method:
     ops: Tuple[str, ...] = ()
     #: backends besides ``"torch"`` that have kernels for this method
     kernels: Tuple[str, ...] = ()
+    #: backends with kernels for its top-k loss, when they differ from :attr:`kernels` (the loss's
+    #: backend choice reads this; e.g. a fused loss kernel on a backend its other ops lack)
+    loss_kernels: Optional[Tuple[str, ...]] = None
     #: appended to the error for an unsupported op: why the method cannot give it
     limitation: str = ""
     #: the ops that see ``+-inf`` entries as they are (``True``: all of them); the others get the finite

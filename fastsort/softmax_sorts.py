@@ -235,6 +235,8 @@ class NeuralSort(RowsMethod):
 
     defaults = {"tau": 1.0}
     kernels = ("numba",)
+    #: the fused top-k loss has a Triton kernel too (``fastsort/kernels/topk_loss.py``)
+    loss_kernels = ("triton", "numba")
     #: handles ``+-inf`` itself (module docstring); ``fastsort.soft_sort`` writes the infinities back
     native_infinities = True
 
@@ -246,8 +248,8 @@ class NeuralSort(RowsMethod):
         return self.parse(dict(tau=1.0 / inverse_temperature))
 
     def fused_loss(self, p, backend):
-        # the CPU kernel of fastsort/kernels/cpu_rows_loss.py: ``steepness`` = 1 / tau
-        return ("none", 1.0 / p["tau"], 0.0) if backend == "numba" else None
+        # fastsort/kernels/cpu_rows_loss.py and topk_loss.py's rows kernel: ``steepness`` = 1 / tau
+        return ("none", 1.0 / p["tau"], 0.0) if backend in self.loss_kernels else None
 
     def topk(self, x, k, p, backend):
         return neuralsort_rows(x, k, p["tau"], backend)

@@ -6,7 +6,8 @@ methods whose relaxed permutation is a stack of softmax rows (docs/design.md,
 the same launcher contract: ``out [B, 1 + m]`` (the loss, then its gradient
 w.r.t. the ``m`` wires) and ``idx [B, m]`` (the wires' columns), which
 :func:`~fastsort.kernels.cpu_topk_loss.topk_ce_bwd` scatters into the dense
-``dlogits``.  Per row of ``logits [B, C]``, with ``c = 1 / tau`` and ``K`` rank
+``dlogits`` (its GPU twin: :func:`fastsort.kernels.topk_loss.rows_ce_fwd`, the same
+math).  Per row of ``logits [B, C]``, with ``c = 1 / tau`` and ``K`` rank
 weights ``c_r``:
 
 1. **Preselection**: the networks' (:func:`~fastsort.kernels.cpu_topk_loss._preselect`):

@@ -190,11 +190,12 @@ def test_ignore_index_reductions_and_half_logits(kind):
 
 
 def test_which_methods_have_the_fused_kernel():
-    """NeuralSort and SoftSort with ``pow = 1`` on ``numba``; SoftSort's other powers, the other backends
-    and Sinkhorn run the methods' ops."""
+    """NeuralSort and SoftSort with ``pow = 1`` on ``numba`` and ``triton`` (its twin is tested in
+    test_topk_loss_triton.py); SoftSort's other powers, the torch backend and Sinkhorn run the methods' ops."""
     ns, ss = METHODS["neuralsort"], METHODS["softsort"]
-    assert ns.fused_loss({"tau": 0.5}, "numba") == ("none", 2.0, 0.0)
-    assert ns.fused_loss({"tau": 0.5}, "torch") is None and ns.fused_loss({"tau": 0.5}, "triton") is None
+    assert ns.fused_loss({"tau": 0.5}, "numba") == ("none", 2.0, 0.0) == ns.fused_loss({"tau": 0.5}, "triton")
+    assert ns.fused_loss({"tau": 0.5}, "torch") is None
+    assert ns.loss_kernels == ss.loss_kernels == ("triton", "numba") and ns.kernels == ("numba",)
     assert ss.fused_loss({"tau": 0.5, "pow": 1.0}, "numba") == ("none", 2.0, 0.0)
     assert ss.fused_loss({"tau": 0.5, "pow": 2.0}, "numba") is None
     assert METHODS["sinkhorn"].fused_loss(METHODS["sinkhorn"].parse({}), "numba") is None

@@ -53,7 +53,7 @@ def kernel_tol(actual, tol):
 def kernel_calls(monkeypatch):
     """Counts the fused-loss launcher calls (and the network launchers, for the unfused path) and runs
     each with NaN-prefilled allocations."""
-    calls = {"topk_ce_fwd": 0, "topk_ce_bwd": 0, "network_fwd": 0}
+    calls = {"topk_ce_fwd": 0, "rows_ce_fwd": 0, "topk_ce_bwd": 0, "network_fwd": 0}
 
     def guarded(module, name):
         fn = getattr(module, name)
@@ -66,14 +66,16 @@ def kernel_calls(monkeypatch):
         monkeypatch.setattr(module, name, wrapper)
 
     guarded(ktl, "topk_ce_fwd")
+    guarded(ktl, "rows_ce_fwd")
     guarded(ktl, "topk_ce_bwd")
     guarded(kn, "network_fwd")
     return calls
 
 
-def check_vs_torch(logits, labels, device, calls, reduction="none", fused=True, **kw):
+def check_vs_torch(logits, labels, device, calls, reduction="none", fused=True, fwd="topk_ce_fwd", **kw):
     """``topk_cross_entropy(**kw)``: Triton on ``device`` vs torch on the CPU, loss and ``dlogits`` for a
-    shared random cotangent (per row for ``reduction="none"``)."""
+    shared random cotangent (per row for ``reduction="none"``); ``fwd``: the fused forward launcher
+    (``rows_ce_fwd`` for NeuralSort / SoftSort)."""
     dtype = logits.dtype
     loss_tol, grad_tol = TOL[dtype]
     lr = logits.detach().clone().requires_grad_(True)
@@ -86,7 +88,7 @@ def check_vs_torch(logits, labels, device, calls, reduction="none", fused=True, 
     assert out.dtype == dtype and out.shape == ref.shape and out.device.type == device.type
     out.backward(cot.to(device))
     if fused:
-        assert calls["topk_ce_fwd"] == 1 and calls["topk_ce_bwd"] == 1, calls
+        assert calls[fwd] == 1 and calls["topk_ce_bwd"] == 1, calls
     else:
         assert calls["topk_ce_fwd"] == 0 and calls["network_fwd"] >= 1, calls
     assert lt.grad.dtype == dtype and lt.grad.shape == logits.shape
@@ -188,6 +190,40 @@ def test_masked_logits(method, mode, m, device, kernel_calls):
     assert (grad[torch.isinf(logits)] == 0).all(), "masked classes must get no gradient"
     finite_rows = [0, 1, 2, 4] if mode == "smce" else list(range(B))
     assert torch.isfinite(out[finite_rows]).all()
+
+
+# --------------------------------------------------------------------------- NeuralSort / SoftSort
+@pytest.mark.parametrize("method", ["neuralsort", "softsort"])
+@pytest.mark.parametrize("mode,m,p_k", [("sm", 16, [0.5, 0.0, 0.0, 0.0, 0.5]), ("smce", 5, [0.2, 0.5, 0.3]),
+                                        ("sort", 11, [0.1] * 10), ("sm", 2, [1.0])])
+def test_rows_methods(method, mode, m, p_k, device, kernel_calls):
+    """The fused NeuralSort / SoftSort kernel (``rows_ce_fwd``) against the torch ops, masked classes
+    included (fewer finite logits than wires, a masked label, everything but the label masked)."""
+    C = 40
+    logits, labels = batch(C)
+    ninf = float("-inf")
+    logits[0, :C - 4] = ninf
+    logits[1, labels[1]] = ninf
+    logits[2] = ninf
+    logits[2, labels[2]] = 0.5
+    check_vs_torch(logits, labels, device, kernel_calls, fwd="rows_ce_fwd", p_k=p_k, method=method, m=m,
+                   top1_mode=mode, inverse_temperature=0.5)
+
+
+@pytest.mark.parametrize("method", ["neuralsort", "softsort"])
+def test_rows_methods_gpu_launch_configuration_and_bf16(method, gpu_launch_configs, device, kernel_calls):
+    """One row per program, 1024-column blocks (C = 1100), bf16 logits; a NaN and a +inf row are NaN."""
+    logits, labels = batch(1100, b=4)
+    logits[0, [3, 600, 1099]] += 8.0
+    check_vs_torch(logits, labels, device, kernel_calls, fwd="rows_ce_fwd", p_k=[0.5, 0.0, 0.0, 0.0, 0.5],
+                   method=method, m=16)
+    kernel_calls["rows_ce_fwd"] = kernel_calls["topk_ce_bwd"] = 0
+    check_vs_torch(logits.to(torch.bfloat16), labels, device, kernel_calls, fwd="rows_ce_fwd", p_k=[0.5, 0.5],
+                   method=method, m=8, top1_mode="smce")
+    logits[1, 5], logits[2, 7] = float("nan"), float("inf")
+    out = fastsort.topk_cross_entropy(logits.to(device), labels.to(device), [0.5, 0.5], method, m=8,
+                                      backend="triton", reduction="none").cpu()
+    assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()
 
 
 def test_many_classes(device, kernel_calls):
