@@ -37,8 +37,9 @@ ROWS_KINDS = ("neuralsort", "softsort")
 _ROWS_KERNELS = {"numba": "fastsort.kernels.cpu_rows_loss", "triton": "fastsort.kernels.topk_loss"}
 
 
-def _kernels(backend: str):
-    return importlib.import_module(_KERNEL_MODULES[backend])  # on first use: no triton / numba import before
+def _kernels(backend: str, kind: str = ""):
+    """The launchers of ``backend`` for method ``kind`` (imported on first use: no triton / numba import before)."""
+    return importlib.import_module((_ROWS_KERNELS if kind in ROWS_KINDS else _KERNEL_MODULES)[backend])
 
 
 def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str,
@@ -48,8 +49,8 @@ def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, 
     loss (column 0) with its gradient w.r.t. the m wires, and the wires' columns (``n_classes``: the
     logits' width, for the backward, which saves no input)."""
     if kind in ROWS_KINDS:  # (steepness carries 1 / tau)
-        out, idx = importlib.import_module(_ROWS_KERNELS[backend]).rows_ce_fwd(
-            logits, labels, tuple(c), kind, steepness, m, mode, p_first, p_rest, need_grad)
+        out, idx = _kernels(backend, kind).rows_ce_fwd(logits, labels, tuple(c), kind, steepness, m, mode, p_first,
+                                                       p_rest, need_grad)
     else:
         table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
         out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table,

@@ -96,7 +96,7 @@ def _forward_rows_t(s, Q, c, first, last):
                 Q[r, j, i] = flat[i * n + j]
 
 
-@numba.njit(**_JIT_FINITE)
+@numba.njit(inline="always", **_JIT_FINITE)
 def _abs_sums(srow, a, c):
     """``a[j] = c sum_l |s_j - s_l|`` (float64 sums, stored float32)."""
     n = srow.shape[0]
@@ -107,7 +107,7 @@ def _abs_sums(srow, a, c):
         a[j] = np.float32(tot * c)
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _sign_sums(srow, dv, h, ds_row):
     """``ds_row[j] = dv[j] + sum_l sign(s_j - s_l) (h_j + h_l)`` (float32 result)."""
     n = srow.shape[0]

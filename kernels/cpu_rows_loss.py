@@ -19,7 +19,9 @@ weights ``c_r``:
    block row 0 is the softmax over the wires of ``top1_mode``:
 
    * NeuralSort: ``z_rj = c ((n_f - 1 - 2 r) s_j - a_j)``, ``a_j = sum_l |s_j - s_l|``
-     over the finite wires (float64), less the row maximum;
+     over the finite wires (packed in front and handed to the NeuralSort kernels'
+     :func:`~fastsort.kernels.cpu_neuralsort._abs_sums`: float64 sums, stored float32),
+     less the row maximum;
    * SoftSort: ``z_rj = -c |t_r - s_j|`` with ``t`` the wires in decreasing order
      (wire 0 placed among the already ordered others; its maximum, 0, needs no pass).
 
@@ -31,8 +33,9 @@ weights ``c_r``:
    ``w_rj = g_q c_r P_r0 ([j = 0] - P_rj)`` (``dloss/dz_rj``), then
 
    * NeuralSort: ``ds_l = c (sum_r (n_f - 1 - 2 r) w_rl - sum_j sign(s_l - s_j) (W_l + W_j))``,
-     ``W_j = sum_r w_rj`` (the derivative of ``a`` with ``sign(0) = 0``, as the
-     NeuralSort kernels: tied wires get equal gradients);
+     ``W_j = sum_r w_rj`` (the derivative of ``a`` with ``sign(0) = 0``: the NeuralSort
+     kernels' :func:`~fastsort.kernels.cpu_neuralsort._sign_sums` on the packed wires;
+     tied wires get equal gradients);
    * SoftSort: ``ds_j += c w_rj sign(t_r - s_j)``, and their sum leaves the wire
      that ``t_r`` came from;
 
@@ -42,8 +45,8 @@ weights ``c_r``:
 A row holding NaN or ``+inf`` among its wires (preselection ranks NaN above
 every number and ``+inf`` above every finite value, so they are there when the
 row has them), or an out-of-range label, gets a NaN loss and gradient, as the
-torch path.  Arithmetic is float64 apart from the float32 logits and
-exponential of the block; the loss and gradient are stored as float32.
+torch path.  Arithmetic is float64 apart from the float32 logits, NeuralSort's ``a_j`` and
+the exponential of the block; the loss and gradient are stored as float32.
 One row is ~16 x (1 + K) exponentials and ``O(m^2)`` sign sums; the
 preselection's pass over the ``C`` logits dominates at ``C = 1000``.
 """
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 
 from .cpu_network import run_parallel
+from .cpu_neuralsort import _abs_sums, _sign_sums
 from .cpu_softsort import exp_nonpositive_row
 from .cpu_topk_loss import MODE_CODES, _preselect, loss_terms
 
@@ -85,8 +89,15 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
     E = np.empty((1 + K) * m, dtype=np.float32)  # block row 0: softmax of the wires, 1 + r: rank r
     bits = np.empty((1 + K) * m, dtype=np.int32)
     scale = bits.view(np.float32)
-    a = np.empty(m)  # NeuralSort's a_j, then W_j
-    V = np.empty(m)  # NeuralSort's sum_r (n_f - 1 - 2 r) w_rj
+    # NeuralSort on the n_f finite wires packed in front (the NeuralSort kernels' A_s 1 and its
+    # derivative, cpu_neuralsort._abs_sums / _sign_sums, take them as they are): their values, wires,
+    # a_j / tau, and the gradient's sum_r (n_f - 1 - 2 r) w_rj / tau and -sum_r w_rj / tau
+    fs = np.empty(m, dtype=np.float32)
+    fpos = np.empty(m, dtype=np.int64)
+    fa = np.empty(m, dtype=np.float32)
+    dv = np.empty(m)
+    h = np.empty(m)
+    fds = np.empty(m, dtype=np.float32)
     gr = np.empty(m)
     fin = np.empty(m)  # 1 for a finite wire, 0 for a -inf one
     sv = np.empty(m)  # the wires, -inf as 0
@@ -125,19 +136,20 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
         for i in range(m, (1 + K) * m):
             E[i] = -np.inf
         if kind == 0:  # NeuralSort
+            nfi = 0
             for j in range(m):
-                tot = 0.0
-                for l in range(m):
-                    tot += fin[l] * abs(sv[j] - sv[l])
-                a[j] = tot
+                if fin[j] != 0.0:
+                    fs[nfi] = np.float32(row_x[j])
+                    fpos[nfi] = j
+                    nfi += 1
+            _abs_sums(fs[:nf], fa[:nf], ic)  # a_j / tau
             for r in range(R):
-                sc = nf - 1 - 2 * r
+                sc = ic * (nf - 1 - 2 * r)
                 zmax = -math.inf
-                for j in range(m):
-                    zmax = max(zmax, ic * (sc * sv[j] - a[j]) if fin[j] != 0.0 else -math.inf)
-                for j in range(m):
-                    z = np.float32(ic * (sc * sv[j] - a[j]) - zmax)
-                    E[(1 + r) * m + j] = z if fin[j] != 0.0 else -np.inf
+                for i in range(nf):
+                    zmax = max(zmax, sc * fs[i] - fa[i])
+                for i in range(nf):
+                    E[(1 + r) * m + fpos[i]] = np.float32(sc * fs[i] - fa[i] - zmax)
         else:  # SoftSort
             p0 = 0  # wire 0's place: after the others above it (they are in decreasing order)
             while p0 + 1 < m and row_x[p0 + 1] > s0:
@@ -175,24 +187,22 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
         # ---- the gradient w.r.t. the wires
         for j in range(m):
             gr[j] = 0.0
-            V[j] = 0.0
         if kind == 0:
-            for j in range(m):
-                a[j] = 0.0  # now W_j
+            for i in range(nf):
+                dv[i] = 0.0
+                h[i] = 0.0
             for r in range(R):
                 ir = inv[1 + r]
                 coef = g_q * cw[r] * (E[(1 + r) * m] * ir)
-                sc = nf - 1 - 2 * r
-                for j in range(m):
+                sc = ic * (nf - 1 - 2 * r)
+                for i in range(nf):
+                    j = fpos[i]
                     w = coef * ((1.0 if j == 0 else 0.0) - E[(1 + r) * m + j] * ir)
-                    V[j] += sc * w
-                    a[j] += w
-            for l in range(m):
-                tot = V[l]
-                for j in range(m):
-                    d = sv[l] - sv[j]
-                    tot -= fin[j] * (np.float64(d > 0) - np.float64(d < 0)) * (a[l] + a[j])
-                gr[l] = ic * tot * fin[l]
+                    dv[i] += sc * w
+                    h[i] -= ic * w
+            _sign_sums(fs[:nf], dv[:nf], h[:nf], fds[:nf])  # (-inf wires: none through the rows)
+            for i in range(nf):
+                gr[fpos[i]] = fds[i]
         else:
             for r in range(R):
                 ir = inv[1 + r]

@@ -478,7 +478,7 @@ def rows_ce_fwd(logits, labels, c, kind: str, inv_tau: float, m: int, mode: str,
     labels = aligned(labels.to(torch.int64))
     dev = logits.device
     cw = device_constant(_CWS, (tuple(float(v) for v in c), str(dev)),
-                         lambda: torch.tensor([float(v) for v in c] or [0.0], dtype=torch.float32, device=dev))
+                         lambda: torch.tensor([float(v) for v in c], dtype=torch.float32, device=dev))
     out = torch.empty((B, 1 + m if need_grad else 1), device=dev, dtype=torch.float32)
     idx = torch.empty((B, m), device=dev, dtype=torch.int64) if need_grad else out  # (not written)
     MP = next_pow2(m)
