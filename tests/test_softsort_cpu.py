@@ -48,6 +48,8 @@ def batch(R, n, seed):
     s = torch.randn(R, n, generator=g) * 2
     if n >= 4:
         s[1, : n // 2] = s[1, 0]  # ties
+    if R >= 3:
+        s[2] *= 100  # a row too wide for the separable forward (its span over tau above SEPARABLE_SPAN)
     return s
 
 
@@ -71,8 +73,30 @@ def test_kernels_match_torch_ops(R, n, k, tau):
     assert_close(ds, s64.grad.float(), rtol=1e-5, atol=1e-5 * max(1.0, s64.grad.abs().max().item()))
 
 
-def test_both_kernel_variants_are_tested():
+def test_both_kernel_variants_are_tested(monkeypatch):
     assert 300 * 70 > cs.SHORT_BLOCK >= 257 * 40
+    exact = []
+    real = cs._exact_rows
+    monkeypatch.setattr(cs, "_exact_rows", lambda s, top, P, c, rows, *a: exact.append(rows.copy()) or
+                        real(s, top, P, c, rows, *a))
+    for n, k in ((16, 16), (33, 5), (100, 100)):
+        exact.clear()
+        cs.softsort_fwd(batch(4, n, seed=n), k, 2.0)
+        assert [r.tolist() for r in exact] == [[2]]  # the wide row, and only it, took the exact forward
+
+
+@pytest.mark.parametrize("span", [1e-3, 40.0, 79.9, 80.1, 500.0])
+@pytest.mark.parametrize("n,k", [(16, 16), (50, 50), (50, 7)])
+def test_forward_across_the_separable_span(span, n, k):
+    """Rows spanning ``span * tau``, on both sides of SEPARABLE_SPAN, against float64: the separable factors
+    reach ``e^-80`` and their reciprocals ``e^80`` there, and stay float32-accurate."""
+    g = torch.Generator().manual_seed(int(span) + n + k)
+    tau = 0.7
+    u = torch.rand(6, n, generator=g, dtype=torch.float64)
+    u = (u - u.amin(1, keepdim=True)) / (u.amax(1, keepdim=True) - u.amin(1, keepdim=True))
+    s = (u * span * tau + 3.0).float()
+    P, top_idx = cs.softsort_fwd(s, k, tau)
+    assert_close(P, softsort_rows(s.double(), k, tau, 1.0).float(), rtol=2e-6, atol=2e-7)
 
 
 def test_kernels_check_their_inputs():
