@@ -42,7 +42,10 @@ round(z / ln 2)``, ``f = z - q ln 2`` in two parts (Cody and Waite), ``exp(f)``
 by the degree-7 polynomial of Cephes' ``expf`` (relative error below 2e-7 on
 ``|f| <= ln 2 / 2``), and ``2^q`` built from its exponent bits; ``z <
 -87.3`` gives 0 (torch's float32 ``exp`` gives a denormal there, below 1.2e-38).
-Sums are float64.  Threads: :func:`fastsort.kernels.cpu_network.run_parallel`
+The forward's sums are float64, the backward's float32 (reassociated
+into vector lanes: float64 ones took 83 against 67 us at ``[500, 16]``; at ``n = 3000`` the
+gradient is within 1.5e-6 of float64's, relative to its largest entry, either way: the sum over
+ranks dominates).  Threads: :func:`fastsort.kernels.cpu_network.run_parallel`
 over rows.
 """
 from __future__ import annotations
@@ -264,12 +267,11 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
         for i in range(k):
             grow = g[r, i]
             prow = P[r, i]
-            dot = 0.0
+            dotf = np.float32(0.0)
             for j in range(n):
-                dot += grow[j] * prow[j]
-            dotf = np.float32(dot)  # sum_l g_il P_il
+                dotf += grow[j] * prow[j]
             t = srow[top_idx[r, i]]
-            dt = 0.0
+            dt = np.float32(0.0)
             for j in range(n):
                 d = t - srow[j]
                 sign = np.float32(d > 0) - np.float32(d < 0)
