@@ -152,6 +152,11 @@ def _preselect(row, label, x, col, key, cand):
     2. The candidates (``not v < T``: at least K of them besides the label, ~3 K for random rows)
        listed in column order by a pass without branches (each column is written to the list,
        which only advances past a candidate).
+    2b. Where there are at least ``3 L`` of them (``L`` = ``G`` rounded up to 16): a second bound
+       from the candidates, the least of the maxima of ``L`` strided groups of them (as valid as the
+       first: ``L`` distinct candidates are at least as large), and the candidates that pass it (ties
+       at the bound and NaN pass, as in step 2): ~51 -> ~30 a row for random rows at m = 16,
+       C = 1000, the whole preselection 550 -> 470-490 us for 500 rows, one thread.
     3. The candidates inserted into a sorted list; once it is full, only those above its last
        entry (or NaN).
     (Measured at m = 16, C = 1000, one thread: 1.7 us a row against 2.1 us for a bound from
@@ -183,6 +188,24 @@ def _preselect(row, label, x, col, key, cand):
     for i in range(C):  # (a NaN T takes every column)
         cand[n_cand] = i
         n_cand += not (row[i] < T)
+    if n_cand >= 3 * L and T == T:
+        # a second bound from the candidates themselves: the least of the maxima of L groups of them
+        # (strided: the t-th candidate in group t mod L), as valid as the first; then the candidates
+        # that pass it, still in column order
+        bound = np.int32(0x7FFFFFFF)
+        for j in range(L):
+            top = np.int32(-0x80000000)
+            for t in range(j, n_cand, L):
+                top = max(top, _order_key(keys[cand[t]]))
+            bound = min(bound, top)
+        key[0] = _order_key(bound)
+        T = key.view(np.float32)[0]
+        kept = 0
+        for t in range(n_cand):
+            i = cand[t]
+            cand[kept] = i
+            kept += not (row[i] < T)
+        n_cand = kept
     filled = 0
     last = np.float32(0.0)
     for t in range(n_cand):

@@ -404,6 +404,9 @@ def test_preselect_columns(B, C, m):
     x[3] = -INF
     y = torch.randint(0, C, (B,), generator=g)
     x[4, y[4]] = INF
+    if B > 5:
+        x[5, 7] = -float("nan")  # a NaN with its sign bit set (its order key is the lowest): first too
+        x[5, :: 3] += 5.0  # (and enough large logits for the candidates' second bound)
     idx = cl.preselect(x, y, m)
     assert idx.dtype == torch.int64 and idx.shape == (B, m)
     assert idx.tolist() == _stable_top_others(x, y, m)
