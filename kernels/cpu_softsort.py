@@ -4,7 +4,8 @@ The math is :func:`fastsort.softmax_sorts.softsort_rows`' (docs/design.md,
 "NeuralSort and SoftSort"), for finite float32 rows and ``pow = 1``, with
 ``t = `` the ``k`` largest values of the row in decreasing order (``torch.topk`` /
 ``torch.sort`` in the launcher; rows of at most ``KERNEL_SORT_ROW`` with ``k = n``
-are sorted by the kernel itself, stable, the order ``torch.sort`` gives them).  Per row ``r`` and rank ``i``, over the ``n`` columns:
+are sorted by the kernel itself, stable, the order ``torch.sort`` gives them).  Per row ``r`` and rank
+``i``, over the ``n`` columns:
 
 * **forward, separable** (rows whose span ``(max s - min s) / tau`` is at most
   :data:`SEPARABLE_SPAN`): with ``a_j = exp(-(max s - s_j) / tau)`` (``n``
@@ -120,8 +121,9 @@ SEPARABLE_SPAN = 80.0
 def separable_factors(s, r, c, a, inv, z, bits, scale, n):
     """``a[j] = exp(-(max(s) - s_j) c)`` and ``inv[j] = 1 / a[j]`` (float32 roundings of float64 values) for
     row ``r`` of ``s [R, n]``; returns whether its span ``(max - min) c`` is at most :data:`SEPARABLE_SPAN`
-    (where it is not, the factors are not the row's).  ``z`` (float64) and ``bits`` (int64) are scratch of ``n`` entries, ``scale`` the
-    float64 view of ``bits`` (made once by the caller: a view made per row cost as much as the rest).
+    (where it is not, the factors are not the row's).  ``z`` (float64) and ``bits`` (int64) are scratch
+    of ``n`` entries, ``scale`` the float64 view of ``bits`` (made once by the caller: a view made per
+    row cost as much as the rest).
 
     The exponential is float64: ``exp(x) = 2^q exp(f)``, ``q = round(x / ln 2)``, ``f = x - q ln 2``
     in two parts (Cody and Waite), ``exp(f)`` by its Taylor polynomial of degree 10 (relative
@@ -174,9 +176,9 @@ def _row_probabilities(s, t, c, e, scale, bits, n):
 
 @numba.njit(**_JIT)
 def _separable_rows(s, top_idx, P, c, ok, first, last):
-    """``P[r] [k n]`` (``P`` flattened to ``[R, k n]``) for rows ``first .. last - 1`` of ``s [R, n]`` by the separable formula, from
-    ``top_idx [R, k]`` (the columns of the row's ``k`` largest values, decreasing); ``ok[r]`` says
-    whether row ``r``'s span allowed it (where not, ``P[r]`` is not the row's, and
+    """``P[r] [k n]`` (``P`` flattened to ``[R, k n]``) for rows ``first .. last - 1`` of ``s [R, n]`` by
+    the separable formula, from ``top_idx [R, k]`` (the columns of the row's ``k`` largest values,
+    decreasing); ``ok[r]`` says whether row ``r``'s span allowed it (where not, ``P[r]`` is not the row's, and
     :func:`_exact_rows` rewrites it).  For ``k = n`` the rank sums come from the rank order; else each
     rank's row is summed.  (No branch around the loops, which keeps them vectorised: a branch per row
     between this and the exact formula, or a view per rank, made the forward 1.5-4x slower.)"""
