@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from .cpu_network import run_parallel
+from .cpu_relaxations import exp_f64
 
 __all__ = ["softsort_fwd", "softsort_bwd", "exp_nonpositive_row", "softmax_block"]
 
@@ -118,44 +119,20 @@ SEPARABLE_SPAN = 80.0
 
 
 @numba.njit(inline="always", **_JIT)
-def separable_factors(s, r, c, a, inv, z, bits, scale, n):
+def separable_factors(s, r, c, a, inv, n):
     """``a[j] = exp(-(max(s) - s_j) c)`` and ``inv[j] = 1 / a[j]`` (float32 roundings of float64 values) for
     row ``r`` of ``s [R, n]``; returns whether its span ``(max - min) c`` is at most :data:`SEPARABLE_SPAN`
-    (where it is not, the factors are not the row's).  ``z`` (float64) and ``bits`` (int64) are scratch
-    of ``n`` entries, ``scale`` the float64 view of ``bits`` (made once by the caller: a view made per
-    row cost as much as the rest).
-
-    The exponential is float64: ``exp(x) = 2^q exp(f)``, ``q = round(x / ln 2)``, ``f = x - q ln 2``
-    in two parts (Cody and Waite), ``exp(f)`` by its Taylor polynomial of degree 10 (relative
-    error below 1e-11 on ``|f| <= ln 2 / 2``), ``2^q`` from its exponent bits; one vectorising loop."""
+    (where it is not, the factors are not the row's).  The exponential is the CPU kernels' vectorising
+    float64 one (:func:`fastsort.kernels.cpu_relaxations.exp_f64`)."""
     hi = s[r, 0]
     lo = s[r, 0]
     for j in range(n):
         hi = max(hi, s[r, j])
         lo = min(lo, s[r, j])
     for j in range(n):
-        # (exact differences of float32 values; the clamp keeps the conversion below defined on rows too
-        # wide for the formula, whose factors are computed and then not used)
-        x = max((np.float64(s[r, j]) - np.float64(hi)) * c, -700.0)
-        q = np.floor(x * 1.4426950408889634 + 0.5)
-        f = x - q * 6.93147180369123816490e-01
-        f = f - q * 1.90821492927058770002e-10
-        p = 2.7557319223985893e-07
-        p = p * f + 2.7557319223985888e-06
-        p = p * f + 2.4801587301587302e-05
-        p = p * f + 1.9841269841269841e-04
-        p = p * f + 1.3888888888888889e-03
-        p = p * f + 8.3333333333333332e-03
-        p = p * f + 4.1666666666666664e-02
-        p = p * f + 1.6666666666666666e-01
-        p = p * f + 0.5
-        p = p * f + 1.0
-        z[j] = p * f + 1.0
-        bits[j] = (np.int64(q) + np.int64(1023)) << np.int64(52)
-    for j in range(n):
-        e = z[j] * scale[j]
+        e = exp_f64((np.float64(s[r, j]) - np.float64(hi)) * c)  # (exact differences of float32 values)
         a[j] = np.float32(e)
-        inv[j] = np.float32(1.0 / e)
+        inv[j] = np.float32(1.0 / e)  # (inf where the row is too wide: not used then)
     # (the span tested here, after the loops: a return before them kept them from vectorising, 4x slower)
     return (np.float64(hi) - np.float64(lo)) * c <= SEPARABLE_SPAN
 
@@ -166,12 +143,7 @@ def _row_probabilities(s, t, c, e, scale, bits, n):
     for j in range(n):
         e[j] = -abs(t - s[j]) * c
     exp_nonpositive_row(e, scale, bits, n)
-    total = 0.0
-    for j in range(n):
-        total += e[j]
-    inv = np.float32(1.0 / total)
-    for j in range(n):
-        e[j] *= inv
+    normalise_rows(e, 1, n)
 
 
 @numba.njit(**_JIT)
@@ -186,27 +158,25 @@ def _separable_rows(s, top_idx, P, c, ok, first, last):
     k = top_idx.shape[1]
     a = np.empty(n, dtype=np.float32)
     inv = np.empty(n, dtype=np.float32)
-    z = np.empty(n, dtype=np.float64)
-    zi = np.empty(n, dtype=np.float64)
-    bits64 = np.empty(n, dtype=np.int64)
-    scale64 = bits64.view(np.float64)
+    sum_a = np.empty(n, dtype=np.float64)
+    sum_inv = np.empty(n, dtype=np.float64)
     wa = np.empty(k, dtype=np.float32)
     wb = np.empty(k, dtype=np.float32)
     full = k == n
     for r in range(first, last):
-        ok[r] = separable_factors(s, r, c, a, inv, z, bits64, scale64, n)
+        ok[r] = separable_factors(s, r, c, a, inv, n)
         if full:  # rank i's sum is inv_t_i A_i + a_t_i I_i (module docstring)
             acc_a = 0.0
             acc_i = 0.0
             for q in range(n):  # (the two scans interleaved: independent chains of additions)
                 p = n - 1 - q
                 acc_a += a[top_idx[r, p]]
-                z[p] = acc_a  # A_p = sum of a over ranks p .. n - 1
-                zi[q] = acc_i  # I_q = sum of inv over ranks 0 .. q - 1
+                sum_a[p] = acc_a  # A_p = sum of a over ranks p .. n - 1
+                sum_inv[q] = acc_i  # I_q = sum of inv over ranks 0 .. q - 1
                 acc_i += inv[top_idx[r, q]]
             for q in range(n):
                 col = top_idx[r, q]
-                w = 1.0 / (np.float64(inv[col]) * z[q] + np.float64(a[col]) * zi[q])
+                w = 1.0 / (np.float64(inv[col]) * sum_a[q] + np.float64(a[col]) * sum_inv[q])
                 wa[q] = np.float32(inv[col] * w)
                 wb[q] = np.float32(a[col] * w)
         else:

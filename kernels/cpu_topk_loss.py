@@ -105,6 +105,14 @@ def _order_key(bits):
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
+@numba.njit(**_INLINE)
+def _key_value(k, key):
+    """The float32 whose order key is ``k`` (:func:`_order_key` is its own inverse), through the int32
+    scratch ``key [1]``."""
+    key[0] = _order_key(k)
+    return key.view(np.float32)[0]
+
+
 @numba.njit(**_JIT)
 def _lane_bound(keys, L, top):
     """The least of the maxima of ``L`` groups of ``keys [C]`` (int32 order keys of the logits, see
@@ -182,8 +190,7 @@ def _preselect(row, label, x, col, key, cand):
             for i in range(grp * C // G, (grp + 1) * C // G):
                 top = max(top, _order_key(keys[i]))
             bound = min(bound, top)
-    key[0] = _order_key(bound)  # (the map is its own inverse)
-    T = key.view(np.float32)[0]
+    T = _key_value(bound, key)
     n_cand = 0
     for i in range(C):  # (a NaN T takes every column)
         cand[n_cand] = i
@@ -198,8 +205,7 @@ def _preselect(row, label, x, col, key, cand):
             for t in range(j, n_cand, L):
                 top = max(top, _order_key(keys[cand[t]]))
             bound = min(bound, top)
-        key[0] = _order_key(bound)
-        T = key.view(np.float32)[0]
+        T = _key_value(bound, key)
         kept = 0
         for t in range(n_cand):
             i = cand[t]
