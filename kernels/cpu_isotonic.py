@@ -374,23 +374,54 @@ JOINT_SORT_ELEMS = 32768
 
 
 @_jit(inline=True)
+def _sort_scratch(rows_left, n):
+    """``(rows, ib, keys, keys2, count, zf, special)``: how many rows :func:`_sort_block` sorts at once
+    (rows shorter than ``SHORT_ROW`` several at a time, up to ``JOINT_SORT_ELEMS`` elements), the bits
+    ``ib`` of an element's index in its row, and the scratch of such a block."""
+    rows = max(1, min(rows_left, JOINT_SORT_ELEMS // n)) if n < SHORT_ROW else 1
+    ib = 1
+    while (1 << ib) < n:
+        ib += 1
+    keys = np.empty(rows * n, dtype=np.uint64)
+    keys2 = np.empty(rows * n, dtype=np.uint64)
+    count = np.empty((6, 2048), dtype=np.int32)
+    zf = np.empty(n, dtype=np.float32)
+    special = np.empty(rows, dtype=np.bool_)
+    return rows, ib, keys, keys2, count, zf, special
+
+
+@_jit(inline=True)
+def _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special):
+    """Sort rows ``r0 .. r0 + cnt - 1`` of ``x`` (the order of :func:`_row_keys`): afterwards row ``t``'s keys
+    are ``keys[t * n:(t + 1) * n]`` in order, each element's index in their low ``ib`` bits, and
+    ``special[t]`` says whether the row holds a NaN or an infinity.  Rows of at most ``INSERTION_ROW``
+    elements by insertion, each by itself; longer ones in one joint radix sort, the row as the keys'
+    highest bits."""
+    n = x.shape[1]
+    joint = n > INSERTION_ROW and cnt > 1
+    for t in range(cnt):
+        special[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t if joint else 0, ib)
+    if n <= INSERTION_ROW:  # each row by itself
+        for t in range(cnt):
+            _insertion_sort(keys, t * n, (t + 1) * n)
+    else:
+        mm = cnt * n
+        tag_bits = 0
+        while (1 << tag_bits) < cnt:
+            tag_bits += 1
+        # 11-bit digits (32-bit keys: 3 passes) once the 2048 counters per pass are worth it
+        _radix_sort(keys[:mm], keys2[:mm], count, ib, 32 + tag_bits, 11 if mm >= 4096 else 8)
+
+
+@_jit(inline=True)
 def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho):
     """Rows ``lo .. hi - 1``, with one set of scratch arrays; inlined into one compiled function per
     operator and regularization (below), so that its branches on them are resolved at compile time (a
     fifth faster than reading ``op`` and ``reg`` at run time)."""
     n = x.shape[1]
-    rows = max(1, min(hi - lo, JOINT_SORT_ELEMS // n)) if n < SHORT_ROW else 1
-    m = rows * n
-    ib = 1  # bits of an element's index in its row
-    while (1 << ib) < n:
-        ib += 1
+    rows, ib, keys, keys2, count, zf, special_rows = _sort_scratch(hi - lo, n)
     imask = np.uint64((1 << ib) - 1)
-    keys = np.empty(m, dtype=np.uint64)
-    keys2 = np.empty(m, dtype=np.uint64)
-    count = np.empty((6, 2048), dtype=np.int32)
     idx = np.empty(n, dtype=np.int32)
-    zf = np.empty(n, dtype=np.float32)
-    special_rows = np.empty(rows, dtype=np.bool_)
     s = np.empty(n, dtype=np.float64)
     acc = np.empty(n, dtype=np.float64)
     geo = np.empty(n, dtype=np.float64)
@@ -398,24 +429,39 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
     bfirst = np.empty(n, dtype=np.int64)
     for r0 in range(lo, hi, rows):
         cnt = min(rows, hi - r0)
-        joint = n > INSERTION_ROW and cnt > 1
-        for t in range(cnt):
-            special_rows[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t if joint else 0, ib)
-        if n <= INSERTION_ROW:  # each row by itself
-            for t in range(cnt):
-                _insertion_sort(keys, t * n, (t + 1) * n)
-        else:
-            mm = cnt * n
-            tag_bits = 0
-            while (1 << tag_bits) < cnt:
-                tag_bits += 1
-            # 11-bit digits (32-bit keys: 3 passes) once the 2048 counters per pass are worth it
-            _radix_sort(keys[:mm], keys2[:mm], count, ib, 32 + tag_bits, 11 if mm >= 4096 else 8)
+        _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special_rows)
         for t in range(cnt):  # the row is the keys' high part: row t is at t * n .. t * n + n
             for j in range(n):
                 idx[j] = np.int32(keys[t * n + j] & imask)
             _pav_row(r0 + t, x, idx, special_rows[t], out, perm_out, last_out, q_out, op, reg,
                      c, k, need_grad, log_rho, s, acc, geo, bfirst, bval)
+
+
+@_jit()
+def sort_rows_decreasing(x, top, top_idx, ties, first, last):
+    """Rows ``first .. last - 1`` of finite float32 rows ``x [R, n]`` sorted decreasing by the sort above
+    (stable; ``-0.0`` equal to ``+0.0``): ``top[r]`` the values (float32), ``top_idx[r]`` their columns
+    (int64), ``ties[r]`` whether two of the row's values are equal (where ``torch.sort``, not stable,
+    may order their columns otherwise).  The SoftSort kernels' sort (:mod:`fastsort.kernels.cpu_softsort`)."""
+    n = x.shape[1]
+    rows, ib, keys, keys2, count, zf, special = _sort_scratch(last - first, n)
+    imask = np.uint64((1 << ib) - 1)
+    for r0 in range(first, last, rows):
+        cnt = min(rows, last - r0)
+        _sort_block(x, r0, cnt, 1, 1.0, zf, keys, keys2, count, ib, special)
+        for t in range(cnt):
+            r = r0 + t
+            tie = False
+            prev = np.uint64(0)
+            for j in range(n):
+                key = keys[t * n + j]
+                col = np.int64(key & imask)
+                top_idx[r, j] = col
+                top[r, j] = x[r, col]
+                v = key >> np.uint64(ib)  # (the row's tag and the value's bits)
+                tie = tie or (j > 0 and v == prev)
+                prev = v
+            ties[r] = tie
 
 
 @_jit()

@@ -2,9 +2,11 @@
 
 The math is :func:`fastsort.softmax_sorts.softsort_rows`' (docs/design.md,
 "NeuralSort and SoftSort"), for finite float32 rows and ``pow = 1``, with
-``t = `` the ``k`` largest values of the row in decreasing order (``torch.topk`` /
-``torch.sort`` in the launcher; rows of at most ``KERNEL_SORT_ROW`` with ``k = n``
-are sorted by the kernel itself, stable, the order ``torch.sort`` gives them).  Per row ``r`` and rank
+``t = `` the ``k`` largest values of the row in decreasing order (``torch.topk`` in
+the launcher for ``k < n``; with ``k = n`` the kernel sorts: rows of at most
+``KERNEL_SORT_ROW`` by insertion, stable, the order ``torch.sort`` gives them, longer ones by the
+permutahedron kernels' joint radix sort, 4-5x faster than ``torch.sort`` at ``[128, 100]``, whose rows
+with tied values then take their columns from ``torch.sort``).  Per row ``r`` and rank
 ``i``, over the ``n`` columns:
 
 * **forward, separable** (rows whose span ``(max s - min s) / tau`` is at most
@@ -57,6 +59,7 @@ import numba
 import numpy as np
 import torch
 
+from .cpu_isotonic import sort_rows_decreasing
 from .cpu_network import run_parallel
 from .cpu_relaxations import exp_f64
 
@@ -253,34 +256,11 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
             drow[top_idx[r, i]] += np.float32(dt)
 
 
-#: rows whose ``k x n`` block has at most this many entries run the block forward below: one
-#: exponential loop over the whole block (a loop over the 16 entries of one rank runs in its scalar
-#: remainder and does not vectorise); measured 2x faster at n = 16
-SHORT_BLOCK = 16384
-
-
-@numba.njit(**_JIT)
-def _forward_block_rows(s, top, P, c, first, last):
-    """:func:`_forward_rows` for ``k n <= SHORT_BLOCK``: each row's ``[k, n]`` block at once."""
-    n = s.shape[1]
-    k = top.shape[1]
-    m = k * n
-    bits = np.empty(m, dtype=np.int32)
-    scale = bits.view(np.float32)
-    for r in range(first, last):
-        flat = P[r].reshape(m)
-        srow = s[r]
-        for i in range(k):
-            t = top[r, i]
-            for j in range(n):
-                flat[i * n + j] = -abs(t - srow[j]) * c
-        softmax_block(flat, scale, bits, k, n)
-
-
-#: rows of at most this many entries are sorted in the kernel (k = n) rather than by ``torch.sort``: an
-#: insertion sort, stable, which is the order ``torch.sort`` gives such rows too (its introsort sorts
-#: them by insertion), so ties go to the same columns; at ``[500, 16]`` one thread, the forward 291 -> 231
-#: us side by side (``torch.sort`` ~45 us of it, the rest its dispatch and the launch around it)
+#: rows of at most this many entries (k = n) are sorted in the kernel by insertion, stable, which is the
+#: order ``torch.sort`` gives such rows too (its introsort sorts them by insertion), so ties go to the
+#: same columns; at ``[500, 16]`` one thread, the forward 291 -> 231 us side by side against
+#: ``torch.sort`` (~45 us of it, the rest its dispatch and the launch around it).  Longer rows (k = n)
+#: take the radix sort (``[128, 100]``, one thread: the forward 514 -> 224-237 us)
 KERNEL_SORT_ROW = 16
 
 
@@ -307,6 +287,18 @@ def _sort_rows_descending(s, top, top_idx, first, last):
 def _sort_and_separable_rows(s, top, top_idx, P, c, ok, first, last):
     """:func:`_separable_rows` of rows that the kernel sorts first (``k = n <= KERNEL_SORT_ROW``)."""
     _sort_rows_descending(s, top, top_idx, first, last)
+    _separable_rows(s, top_idx, P, c, ok, first, last)
+
+
+@numba.njit(**_JIT)
+def _radix_sort_and_separable_rows(s, top, top_idx, ties, P, c, ok, first, last):
+    """:func:`_separable_rows` of rows longer than ``KERNEL_SORT_ROW`` (``k = n``) sorted decreasing first by
+    the permutahedron kernels' joint radix sort (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
+    ~4 ns an element at ``[128, 100]`` against ~23 for ``torch.sort``).  ``ties[r]``: row ``r`` holds two
+    equal values, whose order is then the radix sort's (stable) and not necessarily ``torch.sort``'s; the
+    launcher takes those rows' columns from ``torch.sort`` (``P`` does not depend on which tied column
+    a rank names: its entries are functions of the values alone)."""
+    sort_rows_decreasing(s, top, top_idx, ties, first, last)
     _separable_rows(s, top_idx, P, c, ok, first, last)
 
 
@@ -339,6 +331,15 @@ def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, tor
         top = np.empty((R, n), np.float32)
         args = (s.numpy(), top, top_idx.numpy(), P.numpy().reshape(R, k * n), c, ok)
         run_parallel(lambda first, last: _sort_and_separable_rows(*args, first, last), R, work)
+    elif k == n:
+        top_idx = torch.empty((R, n), dtype=torch.int64)
+        top = np.empty((R, n), np.float32)
+        ties = np.empty(R, dtype=np.bool_)
+        args = (s.numpy(), top, top_idx.numpy(), ties, P.numpy().reshape(R, k * n), c, ok)
+        run_parallel(lambda first, last: _radix_sort_and_separable_rows(*args, first, last), R, work)
+        if ties.any():  # the columns of tied values as torch.sort gives them (the torch path's, the references')
+            rows = torch.from_numpy(np.flatnonzero(ties))
+            top_idx[rows] = top_values(s[rows], k)[1]
     else:
         top_t, top_idx = top_values(s, k)
         top, top_idx = top_t.contiguous().numpy(), top_idx.contiguous()

@@ -53,8 +53,10 @@ def batch(R, n, seed):
     return s
 
 
-@pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (9, 100, 100), (3, 257, 40),
-                                   (2, 300, 70)])  # (the last: k n > SHORT_BLOCK, the per-rank forward)
+@pytest.mark.parametrize("R,n,k", [(5, 1, 1), (6, 7, 7), (6, 33, 5), (130, 16, 16), (7, 24, 24), (9, 100, 100),
+                                   (3, 257, 40), (2, 300, 70), (3, 600, 600)])
+# (k n > SHORT_BLOCK from (2, 300, 70): the per-rank forward; n = 24 and 100 sorted by the radix sort's
+# insertion and joint paths, n = 600 a row at a time)
 @pytest.mark.parametrize("tau", [0.3, 2.0])
 def test_kernels_match_torch_ops(R, n, k, tau):
     s = batch(R, n, seed=n)
@@ -65,9 +67,11 @@ def test_kernels_match_torch_ops(R, n, k, tau):
     assert_close(P, P64.float(), rtol=2e-6, atol=2e-7)
     assert top_idx.dtype == torch.int64 and top_idx.shape == (R, k)
     assert torch.equal(s.gather(1, top_idx), s.topk(k, dim=1).values)
-    if k == n <= cs.KERNEL_SORT_ROW:  # sorted in the kernel: ties in the order torch.sort gives them too
-        assert torch.equal(top_idx, s.sort(dim=1, descending=True, stable=True).indices)
+    if k == n:  # sorted in the kernel (by insertion, or by the radix sort whose rows with ties take
+        # torch.sort's columns): tied values name the columns that torch.sort gives them, as on the torch path
         assert torch.equal(top_idx, s.sort(dim=1, descending=True).indices)
+    if k == n <= cs.KERNEL_SORT_ROW:  # (torch.sort sorts such rows by insertion: stable)
+        assert torch.equal(top_idx, s.sort(dim=1, descending=True, stable=True).indices)
     (P64 * G.double()).sum().backward()
     ds = cs.softsort_bwd(G, s, P, top_idx, tau)
     assert_close(ds, s64.grad.float(), rtol=1e-5, atol=1e-5 * max(1.0, s64.grad.abs().max().item()))
