@@ -317,6 +317,13 @@ def _pav_row(r, x, idx, special, out, perm_out, last_out, q_out, op, reg, c, k, 
                 if need_grad and inf_row and math.isinf(s[f]):  # an infinity of the soft sort: its own block, no gradient
                     q = np.float32(0.0)
                 base = -(f + e) / 2.0 * c - mean_s
+                if e == f:  # a singleton (often most blocks) without the loops' set-up: ~1.3x faster
+                    out[r, f] = base + f * c
+                    if need_grad:
+                        q_out[r, f] = q
+                        last_out[r, f] = e
+                        perm_out[r, f] = idx[f]
+                    continue
                 for j in range(f, e + 1):
                     out[r, j] = base + j * c
                 if need_grad:
@@ -330,6 +337,14 @@ def _pav_row(r, x, idx, special, out, perm_out, last_out, q_out, op, reg, c, k, 
                     mean_w = n - (f + e) / 2.0
                 else:
                     mean_w = max(min(e, k - 1) - f + 1.0, 0.0) * inv
+                if e == f:  # (as for the sort)
+                    p = idx[f]
+                    out[r, p] = (s[f] - mean_s) + mean_w
+                    if need_grad:
+                        q_out[r, f] = -q if stand_ins and math.isinf(x[r, p]) else q
+                        last_out[r, f] = e
+                        perm_out[r, f] = p
+                    continue
                 for j in range(f, e + 1):
                     out[r, idx[j]] = (s[j] - mean_s) + mean_w
                 if need_grad:
@@ -501,6 +516,15 @@ def _backward_row(r, g, perm, last, q, dx, op, reg, c):
     j = 0
     while j < n:
         e = min(max(last[r, j], j), n - 1)  # a valid block end even from a corrupted input
+        if e == j and reg == 0:  # a singleton block (often most of them) without the loops' set-up
+            p = perm[r, j]
+            qj = q[r, j]
+            if op == 0:
+                dx[r, p] = qj * np.float64(g[r, j])
+            else:
+                dx[r, p] = 0.0 if qj < 0.0 else (g[r, p] - qj * np.float64(g[r, p])) * c
+            j += 1
+            continue
         total = 0.0
         if op == 0:
             for i in range(j, e + 1):
