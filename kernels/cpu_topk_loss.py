@@ -413,14 +413,11 @@ def _preselect_run(logits, labels, idx, first, last):
 
 @numba.njit(nogil=True, **_JIT)
 def _scatter_run(out, col0, idx, g, per_row, scale, dx, first, last):
-    """Rows ``first .. last - 1`` of ``dx [B, C] = 0`` except ``dx[b, idx[b, j]] = scale * g_b *
-    out[b, col0 + j]`` (``g_b = g[b]`` when ``per_row``, else ``g[0]``)."""
-    C = dx.shape[1]
+    """Rows ``first .. last - 1`` of ``dx [B, C]`` (zeros): ``dx[b, idx[b, j]] = scale * g_b * out[b, col0 + j]``
+    (``g_b = g[b]`` when ``per_row``, else ``g[0]``)."""
     m = idx.shape[1]
     for b in range(first, last):
         f = scale * (g[b] if per_row else g[0])
-        for c in range(C):
-            dx[b, c] = 0.0
         for j in range(m):
             dx[b, idx[b, j]] = out[b, col0 + j] * f
 
@@ -506,7 +503,8 @@ def topk_ce_bwd(out: torch.Tensor, idx: torch.Tensor, grad_out: torch.Tensor, C:
     """
     B, m = idx.shape
     direct = dtype in (torch.float32, torch.float64)
-    dx = torch.empty((B, C), dtype=dtype if direct else torch.float32)
+    # torch's memset zeroes the 2 MB of a [500, 1000] gradient in ~12 us, a compiled loop took ~30
+    dx = torch.zeros((B, C), dtype=dtype if direct else torch.float32)
     if B and C:
         out = out.detach()
         if out.dtype != torch.float32 or not out.is_contiguous():
@@ -514,5 +512,5 @@ def topk_ce_bwd(out: torch.Tensor, idx: torch.Tensor, grad_out: torch.Tensor, C:
         g = grad_out.detach().reshape(-1).to(torch.float64)
         args = (out.numpy(), int(col0), idx.contiguous().numpy(), g.numpy(), grad_out.dim() > 0, float(scale),
                 dx.numpy())
-        run_parallel(lambda first, last: _scatter_run(*args, first, last), B, B * C // 16)  # (a zero ~ 1/16)
+        _scatter_run(*args, 0, B)  # (B m writes: one thread)
     return dx if direct else dx.to(dtype)
