@@ -3,10 +3,9 @@
 The math is :func:`fastsort.softmax_sorts.softsort_rows`' (docs/design.md,
 "NeuralSort and SoftSort"), for finite float32 rows and ``pow = 1``, with
 ``t = `` the ``k`` largest values of the row in decreasing order (``torch.topk`` in
-the launcher for ``k < n``; with ``k = n`` the kernel sorts: rows of at most
-``KERNEL_SORT_ROW`` by insertion, stable, the order ``torch.sort`` gives them, longer ones by the
-permutahedron kernels' joint radix sort, 4-5x faster than ``torch.sort`` at ``[128, 100]``, whose rows
-with tied values then take their columns from ``torch.sort``).  Per row ``r`` and rank
+the launcher for ``k < n``; with ``k = n`` the kernel sorts, by the permutahedron kernels' stable sort,
+4-5x faster than ``torch.sort`` at ``[128, 100]``; tied values name the columns ``torch.sort`` gives
+them, see :data:`KERNEL_SORT_ROW`).  Per row ``r`` and rank
 ``i``, over the ``n`` columns:
 
 * **forward, separable** (rows whose span ``(max s - min s) / tau`` is at most
@@ -256,48 +255,20 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
             drow[top_idx[r, i]] += np.float32(dt)
 
 
-#: rows of at most this many entries (k = n) are sorted in the kernel by insertion, stable, which is the
-#: order ``torch.sort`` gives such rows too (its introsort sorts them by insertion), so ties go to the
-#: same columns; at ``[500, 16]`` one thread, the forward 291 -> 231 us side by side against
-#: ``torch.sort`` (~45 us of it, the rest its dispatch and the launch around it).  Longer rows (k = n)
-#: take the radix sort (``[128, 100]``, one thread: the forward 514 -> 224-237 us)
+#: with ``k = n`` the kernel sorts the rows itself (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
+#: stable; by insertion up to 32 entries, by the joint radix sort beyond): at ``[128, 100]``, one thread, the
+#: forward 514 -> 224-237 us against ``torch.sort`` in the launcher, at ``[500, 16]`` 116 -> 93 us against the
+#: kernel's earlier insertion sort of float rows.  ``torch.sort`` is not stable: rows of at most this many
+#: entries it sorts by insertion (stable, so the same order of tied values); longer rows in which the kernel
+#: finds tied values take their columns from ``torch.sort`` (``P`` does not depend on which tied column a rank
+#: names: its entries are functions of the values alone)
 KERNEL_SORT_ROW = 16
 
 
 @numba.njit(**_JIT)
-def _sort_rows_descending(s, top, top_idx, first, last):
-    """``top[r], top_idx[r]`` = row ``r`` of ``s`` sorted decreasing, stable (equal values keep their column
-    order), and the columns, for rows ``first .. last - 1``.  (The fused loss's preselection has the same
-    insertion, ``cpu_topk_loss._insert``, with NaN ordering and a reserved first slot; called here per
-    element it took 61-75 us at ``[500, 16]`` against 28 us for this loop over finite rows.)"""
-    n = s.shape[1]
-    for r in range(first, last):
-        for i in range(n):
-            v = s[r, i]
-            j = i - 1
-            while j >= 0 and top[r, j] < v:
-                top[r, j + 1] = top[r, j]
-                top_idx[r, j + 1] = top_idx[r, j]
-                j -= 1
-            top[r, j + 1] = v
-            top_idx[r, j + 1] = i
-
-
-@numba.njit(**_JIT)
-def _sort_and_separable_rows(s, top, top_idx, P, c, ok, first, last):
-    """:func:`_separable_rows` of rows that the kernel sorts first (``k = n <= KERNEL_SORT_ROW``)."""
-    _sort_rows_descending(s, top, top_idx, first, last)
-    _separable_rows(s, top_idx, P, c, ok, first, last)
-
-
-@numba.njit(**_JIT)
-def _radix_sort_and_separable_rows(s, top, top_idx, ties, P, c, ok, first, last):
-    """:func:`_separable_rows` of rows longer than ``KERNEL_SORT_ROW`` (``k = n``) sorted decreasing first by
-    the permutahedron kernels' joint radix sort (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
-    ~4 ns an element at ``[128, 100]`` against ~23 for ``torch.sort``).  ``ties[r]``: row ``r`` holds two
-    equal values, whose order is then the radix sort's (stable) and not necessarily ``torch.sort``'s; the
-    launcher takes those rows' columns from ``torch.sort`` (``P`` does not depend on which tied column
-    a rank names: its entries are functions of the values alone)."""
+def _sort_and_separable_rows(s, top, top_idx, ties, P, c, ok, first, last):
+    """:func:`_separable_rows` of rows (``k = n``) sorted decreasing first; ``ties[r]``: row ``r`` holds two
+    equal values (see :data:`KERNEL_SORT_ROW`)."""
     sort_rows_decreasing(s, top, top_idx, ties, first, last)
     _separable_rows(s, top_idx, P, c, ok, first, last)
 
@@ -326,18 +297,13 @@ def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, tor
     work = R * k * n // 4
     ok = np.empty(R, dtype=np.bool_)
     c = 1.0 / tau
-    if k == n <= KERNEL_SORT_ROW:
-        top_idx = torch.empty((R, n), dtype=torch.int64)
-        top = np.empty((R, n), np.float32)
-        args = (s.numpy(), top, top_idx.numpy(), P.numpy().reshape(R, k * n), c, ok)
-        run_parallel(lambda first, last: _sort_and_separable_rows(*args, first, last), R, work)
-    elif k == n:
+    if k == n:
         top_idx = torch.empty((R, n), dtype=torch.int64)
         top = np.empty((R, n), np.float32)
         ties = np.empty(R, dtype=np.bool_)
         args = (s.numpy(), top, top_idx.numpy(), ties, P.numpy().reshape(R, k * n), c, ok)
-        run_parallel(lambda first, last: _radix_sort_and_separable_rows(*args, first, last), R, work)
-        if ties.any():  # the columns of tied values as torch.sort gives them (the torch path's, the references')
+        run_parallel(lambda first, last: _sort_and_separable_rows(*args, first, last), R, work)
+        if n > KERNEL_SORT_ROW and ties.any():  # tied values' columns as torch.sort gives them (as the torch path)
             rows = torch.from_numpy(np.flatnonzero(ties))
             top_idx[rows] = top_values(s[rows], k)[1]
     else:
