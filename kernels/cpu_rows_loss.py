@@ -85,7 +85,7 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
     row_x = np.empty(m)
     row_c = np.empty(m, dtype=np.int64)
     key = np.empty(1, dtype=np.int32)
-    cand = np.empty(C, dtype=np.int32)
+    cand = np.empty(2 * C, dtype=np.int32)  # the preselection's scratch
     E = np.empty((1 + K) * m, dtype=np.float32)  # block row 0: softmax of the wires, 1 + r: rank r
     bits = np.empty((1 + K) * m, dtype=np.int32)
     scale = bits.view(np.float32)

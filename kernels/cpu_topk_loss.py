@@ -113,63 +113,76 @@ def _key_value(k, key):
     return key.view(np.float32)[0]
 
 
-@numba.njit(**_JIT)
-def _lane_bound(keys, L, top):
-    """The least of the maxima of ``L`` groups of ``keys [C]`` (int32 order keys of the logits, see
-    :func:`_order_key`; ``C >= L``), a group being the columns with one remainder modulo ``L``.
-    ``top``: int32 scratch of ``min(4 L, C)`` entries or more.
+@numba.njit(**_INLINE)
+def _lane_key(bits):
+    """:func:`_order_key`, except that every NaN (either sign) gets the largest key: the lanes' maxima
+    then show each NaN, which ranks above every number in the preselection."""
+    k = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return np.int32(0x7FFFFFFF) if (bits & 0x7FFFFFFF) > 0x7F800000 else k
 
-    The maxima are accumulated over ``W`` = ``4 L`` lanes (``2 L`` or ``L`` for shorter rows) at once:
-    the loop over a run of ``W`` columns updates ``W`` running maxima (it vectorises; a run of 16 ran
-    in the vectoriser's scalar remainder, 3x slower at ``C = 1000``, together with a scratch
-    allocated per row), and group ``j`` of ``L`` is then the maximum of lanes ``j, j + L, ...``."""
+
+@numba.njit(**_JIT)
+def _lane_maxima(keys, W, top):
+    """``top[j]`` = the largest :func:`_lane_key` of the columns ``i = j (mod W)`` of ``keys [C]``
+    (the int32 bits of a float32 row, ``C >= W``), for ``j < W``: one pass whose loop over a run of
+    ``W`` columns updates ``W`` running maxima (it vectorises; a run of 16 ran in the vectoriser's
+    scalar remainder, 3x slower at ``C = 1000``)."""
     C = keys.shape[0]
-    W = L
-    while W < 4 * L and 2 * W <= C:
-        W *= 2
     for j in range(W):
         top[j] = np.int32(-0x80000000)
     runs = C // W
     for r in range(runs):
         base = r * W
         for j in range(W):
-            top[j] = max(top[j], _order_key(keys[base + j]))
+            top[j] = max(top[j], _lane_key(keys[base + j]))
     for i in range(runs * W, C):  # column i's lane is i mod W, as in the runs
-        top[i - runs * W] = max(top[i - runs * W], _order_key(keys[i]))
-    bound = np.int32(0x7FFFFFFF)
-    for j in range(L):
-        t = top[j]
-        for w in range(j + L, W, L):
-            t = max(t, top[w])
-        bound = min(bound, t)
-    return bound
+        top[i - runs * W] = max(top[i - runs * W], _lane_key(keys[i]))
+
+
+@numba.njit(error_model="numpy", cache=True, fastmath={"reassoc"})
+def _kth_largest(top, W, G):
+    """The ``G``-th largest of ``top [W]`` (``G <= W``): the largest entry that ``G`` entries are not
+    below.  ``W^2`` comparisons counted in float32 (16 to a vector: the count vectorises, ~150 ns
+    for ``W = 64``; an insertion into a sorted list of ``G`` took 3x that, branches mispredicted)."""
+    T = np.int32(-0x80000000)
+    g = np.float32(G)
+    for i in range(W):
+        v = top[i]
+        ge = np.float32(0.0)
+        for j in range(W):
+            ge += np.float32(1.0) if top[j] >= v else np.float32(0.0)
+        if ge >= g and v > T:
+            T = v
+    return T
 
 
 @numba.njit(**_JIT)
 def _preselect(row, label, x, col, key, cand):
     """``x[0], col[0]`` = the label's logit and column; ``x[1:], col[1:]`` = the ``K = m - 1``
     largest other logits of ``row [C]`` (float32; descending, lower column first among ties, NaN
-    first).  Scratch: ``key`` int32 ``[1]``, ``cand`` int32 ``[C]``.
+    first).  Scratch: ``key`` int32 ``[1]``, ``cand`` int32 ``[2 C]``.
 
-    1. A lower bound ``T`` of the K-th largest other logit: the least of the maxima of ``G >= K + 1``
-       groups of columns (``G`` distinct logits, at most one of them the label's, are ``>= T``):
-       ``G`` = ``K + 1`` rounded up to a multiple of 16, the groups strided (:func:`_lane_bound`,
-       one vectorised pass), or ``K + 1`` contiguous groups when the row is shorter than that.
-       The maxima are taken over int32 keys that order like the floats (an integer max
-       vectorises, a float max with NaN semantics does not).
-    2. The candidates (``not v < T``: at least K of them besides the label, ~3 K for random rows)
-       listed in column order by a pass without branches (each column is written to the list,
-       which only advances past a candidate).
-    2b. Where there are at least ``3 L`` of them (``L`` = ``G`` rounded up to 16): a second bound
-       from the candidates, the least of the maxima of ``L`` strided groups of them (as valid as the
-       first: ``L`` distinct candidates are at least as large), and the candidates that pass it (ties
-       at the bound and NaN pass, as in step 2): ~51 -> ~30 a row for random rows at m = 16,
-       C = 1000, the whole preselection 550 -> 470-490 us for 500 rows, one thread.
-    3. The candidates inserted into a sorted list; once it is full, only those above its last
+    1. **Lanes.** ``W`` lanes, lane ``j`` the columns ``i = j (mod W)`` (``W`` = ``L``, ``2 L`` or
+       ``4 L`` as the row allows, ``L`` = ``K + 1`` rounded up to 16: 64 lanes of ~16 columns at
+       ``m = 16``, ``C = 1000``), and each lane's maximum in one vectorised pass
+       (:func:`_lane_maxima`), over int32 keys that order like the floats (an integer max
+       vectorises, a float max with NaN semantics does not), every NaN above ``+inf``.
+    2. **The bound** ``T``: the ``(K + 1)``-th largest lane maximum (:func:`_kth_largest`).  The
+       ``K + 1`` lanes whose maxima are ``>= T`` hold ``K + 1`` distinct logits ``>= T``, at most
+       one of them the label's, so ``T`` is at most the ``K``-th largest other logit: every logit
+       kept is ``>= T``, and lies in a lane whose maximum is ``>= T``.
+    3. **The candidates**: the columns of those lanes (~16 of 64) not below ``T`` (ties at the bound
+       and NaN pass), listed in column order (run by run, the lanes in order) by a pass without
+       branches (each column is written to the list, which only advances past a candidate): ~18 a
+       row for random rows at ``m = 16``, ``C = 1000``, from ~280 columns read.
+    4. The candidates inserted into a sorted list; once it is full, only those above its last
        entry (or NaN).
-    (Measured at m = 16, C = 1000, one thread: 1.7 us a row against 2.1 us for a bound from
-    contiguous groups and one branching pass that inserts as it scans; 1.1-1.15 us against 1.3 on a
-    later host once the bound's lanes were 64 wide, folded to 16, with no scratch allocated per row.)
+
+    Rows shorter than ``L`` take the bound from ``K + 1`` contiguous groups instead and list every
+    column not below it.  (Measured at ``m = 16``, ``C = 1000``, 500 rows, one thread: 355-360 us
+    against 455-460 for the bound from 16 strided groups, a pass listing all 1000 columns and a
+    second bound from the ~51 listed; before that 1.1 us a row, 1.7 with the groups' maxima taken
+    over 16 lanes, 2.1 with contiguous groups and insertion while scanning.)
     """
     C = row.shape[0]
     m = x.shape[0]
@@ -178,40 +191,51 @@ def _preselect(row, label, x, col, key, cand):
     col[0] = label
     if K == 0:
         return
+    if cand.shape[0] < 2 * C:
+        raise ValueError("the preselection's scratch needs 2 C entries")
     keys = row.view(np.int32)
     L = 16 * ((K + 16) // 16)
+    n_cand = 0
     if C >= L:
-        bound = _lane_bound(keys, L, cand)  # (cand: the lanes' scratch until the candidates below)
+        W = L
+        while W < 4 * L and 2 * W <= C:
+            W *= 2
+        top = cand[C:C + W]
+        _lane_maxima(keys, W, top)
+        bound = _kth_largest(top, W, K + 1)
+        T = _key_value(bound, key)
+        if bound == 0:  # T = +0.0: a lane whose maximum is -0.0 holds logits equal to it
+            bound = np.int32(-1)
+        nq = 0  # the lanes to read, in order (top[:nq])
+        for j in range(W):
+            reach = top[j] >= bound
+            top[nq] = j
+            nq += reach
+        runs = C // W
+        for r in range(runs):
+            base = r * W
+            for q in range(nq):
+                i = base + top[q]
+                cand[n_cand] = i
+                n_cand += not (row[i] < T)
+        tail = runs * W
+        for q in range(nq):
+            if top[q] < C - tail:
+                i = tail + top[q]
+                cand[n_cand] = i
+                n_cand += not (row[i] < T)
     else:
         G = K + 1  # <= C: every group has a column
         bound = np.int32(0x7FFFFFFF)
         for grp in range(G):
-            top = np.int32(-0x80000000)
+            top1 = np.int32(-0x80000000)
             for i in range(grp * C // G, (grp + 1) * C // G):
-                top = max(top, _order_key(keys[i]))
-            bound = min(bound, top)
-    T = _key_value(bound, key)
-    n_cand = 0
-    for i in range(C):  # (a NaN T takes every column)
-        cand[n_cand] = i
-        n_cand += not (row[i] < T)
-    if n_cand >= 3 * L and T == T:
-        # a second bound from the candidates themselves: the least of the maxima of L groups of them
-        # (strided: the t-th candidate in group t mod L), as valid as the first; then the candidates
-        # that pass it, still in column order
-        bound = np.int32(0x7FFFFFFF)
-        for j in range(L):
-            top = np.int32(-0x80000000)
-            for t in range(j, n_cand, L):
-                top = max(top, _order_key(keys[cand[t]]))
-            bound = min(bound, top)
+                top1 = max(top1, _lane_key(keys[i]))
+            bound = min(bound, top1)
         T = _key_value(bound, key)
-        kept = 0
-        for t in range(n_cand):
-            i = cand[t]
-            cand[kept] = i
-            kept += not (row[i] < T)
-        n_cand = kept
+        for i in range(C):  # (a NaN T takes every column)
+            cand[n_cand] = i
+            n_cand += not (row[i] < T)
     filled = 0
     last = np.float32(0.0)
     for t in range(n_cand):
@@ -388,7 +412,7 @@ def _topk_ce_run(logits, labels, v, comps, count, out, idx, code, steepness, art
     row_x = np.empty(m)
     row_c = np.empty(m, dtype=np.int64)
     key = np.empty(1, dtype=np.int32)
-    cand = np.empty(logits.shape[1], dtype=np.int32)
+    cand = np.empty(2 * logits.shape[1], dtype=np.int32)
     lane = np.empty((5, RB))
     d = np.empty(RB, dtype=np.float32)
     t = np.empty(RB)
@@ -404,7 +428,7 @@ def _preselect_run(logits, labels, idx, first, last):
     row_x = np.empty(m)
     row_c = np.empty(m, dtype=np.int64)
     key = np.empty(1, dtype=np.int32)
-    cand = np.empty(logits.shape[1], dtype=np.int32)
+    cand = np.empty(2 * logits.shape[1], dtype=np.int32)
     for b in range(first, last):
         _preselect(logits[b], labels[b], row_x, row_c, key, cand)
         for j in range(m):

@@ -395,8 +395,9 @@ def _stable_top_others(x, y, m):
                                    (7, 64, 16)])
 def test_preselect_columns(B, C, m):
     """The compiled preselection (the fused kernel's; the loss's torch ops gather through it) against a
-    stable sort: strided-group bound (C >= the groups), contiguous groups (C < 32 for m = 20), ties,
-    NaN, -inf rows, the label never picked twice; the rows split over the threads."""
+    stable sort: the lanes' bound (C >= the groups), contiguous groups (C < 32 for m = 20), ties,
+    NaN of either sign (more of them than wires too), signed zeros (equal: the lower column first),
+    -inf rows, the label never picked twice; the rows split over the threads."""
     g = torch.Generator().manual_seed(C)
     x = torch.randn(B, C, generator=g)
     x[1] = torch.randint(0, 3, (C,), generator=g).float()  # ties
@@ -406,7 +407,14 @@ def test_preselect_columns(B, C, m):
     x[4, y[4]] = INF
     if B > 5:
         x[5, 7] = -float("nan")  # a NaN with its sign bit set (its order key is the lowest): first too
-        x[5, :: 3] += 5.0  # (and enough large logits for the candidates' second bound)
+        x[5, :: 3] += 5.0
+    if B > 8:
+        nan = torch.full((C,), float("nan"))
+        x[6] = torch.where(torch.rand(C, generator=g) < 0.5, nan, x[6])  # more NaN than wires, both signs
+        x[6, ::4] = -x[6, ::4]
+        x[7] = torch.where(torch.rand(C, generator=g) < 0.5, torch.tensor(-0.0), torch.tensor(0.0))  # -0.0 == 0.0
+        x[7, ::5] = -1.0
+        x[8] = 2.0  # all tied
     idx = cl.preselect(x, y, m)
     assert idx.dtype == torch.int64 and idx.shape == (B, m)
     assert idx.tolist() == _stable_top_others(x, y, m)
