@@ -14,12 +14,14 @@ Backends: ``triton`` (:mod:`fastsort.kernels.topk_loss`) and ``numba``
 and SoftSort (``kind`` in :data:`ROWS_KINDS`) have their own forward kernel
 (:mod:`fastsort.kernels.cpu_rows_loss`, ``rows_ce_fwd`` of :mod:`fastsort.kernels.topk_loss`:
 ``steepness`` carries ``1 / tau``, ``distribution`` and ``art_lambda`` are unused) and the
-same backward.
+same backward.  On ``numba``, an eager step with a reduced loss has the forward's threads write
+the dense ``dlogits`` too, and the backward hands that saved tensor to autograd (docs/design.md,
+"Top-k cross-entropy and preselection": no zero-fill and scatter pass).
 """
 from __future__ import annotations
 
 import importlib
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,44 +44,71 @@ def _kernels(backend: str, kind: str = ""):
     return importlib.import_module((_ROWS_KERNELS if kind in ROWS_KINDS else _KERNEL_MODULES)[backend])
 
 
+def _scale(reduction: str, B: int) -> float:
+    """The per-row loss's weight in the reduced one."""
+    return 1.0 / B if reduction == "mean" and B else 1.0
+
+
 def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, distribution: str,
              steepness: float, art_lambda: float, mode: str, p_first: float, p_rest: float, reduction: str,
-             n_classes: int, backend: str, need_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(loss, out [B, 1 + m], idx [B, m])``: the reduced loss in the logits' dtype, then the per-row
-    loss (column 0) with its gradient w.r.t. the m wires, and the wires' columns (``n_classes``: the
-    logits' width, for the backward, which saves no input)."""
+             n_classes: int, backend: str, need_grad: bool, donate: bool = False
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(loss, out [B, 1 + m], idx [B, m], dense)``: the reduced loss in the logits' dtype, then the
+    per-row loss (column 0) with its gradient w.r.t. the m wires, the wires' columns (``n_classes``:
+    the logits' width, for the backward, which saves no input), and ``dense``: on the CPU kernels,
+    run eagerly (``donate``) with a gradient and a reduced loss, the dense gradient of the loss
+    w.r.t. the logits for a unit ``g_loss`` (made by the forward's threads, handed to autograd by the
+    backward: a training step's gradient without a zeroing pass), empty otherwise."""
+    B = logits.shape[0]
+    dense = None
+    if donate and need_grad and backend == "numba" and reduction != "none":
+        dense = torch.empty((B, n_classes), dtype=_dense_dtype(logits.dtype))
     if kind in ROWS_KINDS:  # (steepness carries 1 / tau)
         out, idx = _kernels(backend, kind).rows_ce_fwd(logits, labels, tuple(c), kind, steepness, m, mode, p_first,
-                                                       p_rest, need_grad)
+                                                       p_rest, need_grad, **_dense_args(dense, reduction, B))
     else:
         table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
         out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table,
                                                  (distribution, steepness, art_lambda), m, mode, p_first, p_rest,
-                                                 need_grad)
+                                                 need_grad, **_dense_args(dense, reduction, B))
     # copy=True: with reduction "none" the loss would otherwise be a view of ``out`` (outputs of a
     # custom op may not alias each other)
-    return reduce_loss(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none"), out, idx
+    loss = reduce_loss(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none")
+    return loss, out, idx, (dense if dense is not None else out.new_empty(0))
+
+
+def _dense_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _dense_args(dense: Optional[Tensor], reduction: str, B: int) -> dict:
+    return {} if dense is None else {"dense": dense, "dense_scale": _scale(reduction, B)}
 
 
 def _forward_fake(logits, labels, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,
-                  reduction, n_classes, backend, need_grad):
+                  reduction, n_classes, backend, need_grad, donate=False):
     B = logits.shape[0]
     loss = logits.new_empty((B,) if reduction == "none" else ())
     return (loss, logits.new_empty((B, 1 + m if need_grad else 1), dtype=torch.float32),
-            logits.new_empty((B, m if need_grad else 0), dtype=torch.int64))
+            logits.new_empty((B, m if need_grad else 0), dtype=torch.int64), logits.new_empty(0, dtype=torch.float32))
 
 
-def _backward(g_loss: Tensor, out: Tensor, idx: Tensor, c: List[float], kind: str, m: int, distribution: str,
-              steepness: float, art_lambda: float, mode: str, p_first: float, p_rest: float, reduction: str,
-              n_classes: int, backend: str) -> Tensor:
+def _backward(g_loss: Tensor, out: Tensor, idx: Tensor, dense: Tensor, c: List[float], kind: str, m: int,
+              distribution: str, steepness: float, art_lambda: float, mode: str, p_first: float, p_rest: float,
+              reduction: str, n_classes: int, backend: str) -> Tensor:
     """Dense ``dlogits`` in the loss's dtype: ``g_loss * out[:, 1:]`` at the columns ``idx`` (``/ B``
-    for the mean), 0 elsewhere."""
-    B = out.shape[0]
-    scale = 1.0 / B if reduction == "mean" and B else 1.0
-    return _kernels(backend).topk_ce_bwd(out, idx, g_loss, n_classes, g_loss.dtype, scale, col0=1)
+    for the mean), 0 elsewhere; the forward's ``dense`` itself when it made one and ``g_loss`` is 1
+    (a saved tensor that autograd takes over once the graph is freed), ``g_loss * dense`` for
+    another ``g_loss``."""
+    if dense.numel():
+        if g_loss.dtype == dense.dtype and float(g_loss) == 1.0:
+            return dense
+        return (dense * g_loss).to(g_loss.dtype)
+    return _kernels(backend).topk_ce_bwd(out, idx, g_loss, n_classes, g_loss.dtype, _scale(reduction, out.shape[0]),
+                                         col0=1)
 
 
-def _backward_fake(g_loss, out, idx, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,
+def _backward_fake(g_loss, out, idx, dense, c, kind, m, distribution, steepness, art_lambda, mode, p_first, p_rest,
                    reduction, n_classes, backend):
     return out.new_empty((out.shape[0], n_classes), dtype=g_loss.dtype)
 

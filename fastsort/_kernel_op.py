@@ -21,7 +21,13 @@ Contract of the two definitions (both must carry type annotations, which
     forward(*inputs, need_grad: bool) -> Tuple[Tensor, ...]      # n_outputs outputs, then the saved tensors
     backward(*output_grads, *saved_inputs, *saved_outputs, *saved, *attrs) -> Tensor | Tuple[Tensor, ...]
 
-``attrs`` are the forward's non-tensor inputs in order (without ``need_grad``);
+A forward may also take ``donate: bool = False`` after ``need_grad``: the eager Function runs it
+with ``True``, and its backward may then return a saved tensor as a gradient (autograd takes it
+over without a copy when the graph is freed, and copies it when the graph is retained); the custom
+ops run it with ``False`` (a custom op's outputs may not alias its inputs), so a forward must
+return tensors of the same shapes for both (a saved tensor it does not fill is empty).
+
+``attrs`` are the forward's non-tensor inputs in order (without ``need_grad`` and ``donate``);
 ``saved_inputs`` are the inputs at positions ``save_inputs`` (an op's outputs
 may not alias its inputs, so an input the backward needs is saved as an
 input); ``saved_outputs`` are the outputs at positions ``save_outputs`` (as
@@ -74,7 +80,10 @@ class KernelOp:
         if any(not 0 <= i < n_outputs for i in self.save_outputs):
             raise ValueError(f"save_outputs {self.save_outputs} must be positions among the {n_outputs} outputs")
         hints = typing.get_type_hints(forward)
-        params = [p for p in hints if p not in ("return", "need_grad")]
+        params = [p for p in hints if p not in ("return", "need_grad", "donate")]
+        #: the eager Function's last argument(s) to the forward: ``need_grad = True``, and ``donate`` if it takes one
+        self._eager_flags = (True, True) if "donate" in hints else (True,)
+        self._flag_grads = (None,) * len(self._eager_flags)  # (the custom op's: none for the flags)
         self.n_inputs = len(params)
         self.attr_positions = tuple(i for i, p in enumerate(params) if not _is_tensor_annotation(hints[p]))
         #: the ``None`` gradients after the first input's when the first input is the only differentiable one
@@ -106,17 +115,19 @@ class KernelOp:
         saved_inputs = tuple(inputs[i] for i in self.save_inputs)
         ctx.save_for_backward(*saved_inputs, *(output[i] for i in self.save_outputs), *output[self.n_outputs:])
         ctx.attrs = self._attrs(inputs)
-        ctx.need_grad = inputs[-1]
+        ctx.need_grad = inputs[self.n_inputs]  # (then ``donate``, False, where the forward takes one)
 
     def _compiled_backward(self, ctx, *grads):
         if not ctx.need_grad:
             raise RuntimeError(f"fastsort: backward through {self.name} run without need_grad")
-        return self._input_grads(self.bwd_op(*grads[:self.n_outputs], *ctx.saved_tensors, *ctx.attrs)) + (None,)
+        grads = self.bwd_op(*grads[:self.n_outputs], *ctx.saved_tensors, *ctx.attrs)
+        return self._input_grads(grads) + self._flag_grads
 
     # ------------------------------------------------------------------ eager mode: a plain Function
     def _make_function(self):
         op = self
         forward, backward, n_outputs, n_inputs = self._forward, self._backward, self.n_outputs, self.n_inputs
+        eager_flags = self._eager_flags
         plain_save = not self.save_inputs and not self.save_outputs  # (the common case: no generators per call)
         no_grads = (None,) * n_inputs
 
@@ -134,7 +145,7 @@ class KernelOp:
         class _Function(torch.autograd.Function):
             @staticmethod
             def forward(ctx, *inputs):
-                result = forward(*inputs, True)
+                result = forward(*inputs, *eager_flags)
                 ctx.set_materialize_grads(False)
                 if plain_save:
                     ctx.save_for_backward(*result[n_outputs:])

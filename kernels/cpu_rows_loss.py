@@ -53,6 +53,7 @@ preselection's pass over the ``C`` logits dominates at ``C = 1000``.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numba
 import numpy as np
@@ -61,7 +62,7 @@ import torch
 from .cpu_network import run_parallel
 from .cpu_neuralsort import _abs_sums, _sign_sums
 from .cpu_softsort import exp_nonpositive_row
-from .cpu_topk_loss import MODE_CODES, _preselect, loss_terms
+from .cpu_topk_loss import MODE_CODES, _dense_rows, _dense_view, _preselect, loss_terms
 
 __all__ = ["KIND_CODES", "rows_ce_fwd"]
 
@@ -228,12 +229,14 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
 
 
 def rows_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, kind: str, inv_tau: float, m: int, mode: str,
-                p_first: float, p_rest: float, need_grad: bool):
+                p_first: float, p_rest: float, need_grad: bool, dense: Optional[torch.Tensor] = None,
+                dense_scale: float = 1.0):
     """``(out, idx)`` of the fused NeuralSort / SoftSort loss (``kind``) for ``logits [B, C]`` (float32
     CPU; other dtypes are cast), ``labels [B]``, the rank weights ``c`` (``K`` floats, ``K <= m``,
     ``fastsort.losses.rank_weights``) and ``inv_tau = 1 / tau``: ``out [B, 1 + m]`` float32 (the loss,
     then its gradient w.r.t. the ``m`` wires) and ``idx [B, m]`` int64 (their columns); without
-    ``need_grad`` ``out [B, 1]`` and ``idx [B, 0]``.  The contract of
+    ``need_grad`` ``out [B, 1]`` and ``idx [B, 0]``; with ``need_grad``, ``dense [B, C]`` (optional) is
+    filled with the gradient of ``dense_scale * sum_b loss_b``.  The contract of
     :func:`fastsort.kernels.cpu_topk_loss.topk_ce_fwd`, whose ``topk_ce_bwd`` makes ``dlogits``."""
     if kind not in KIND_CODES:
         raise ValueError(f"the fused rows loss serves {tuple(KIND_CODES)}, got {kind!r}")
@@ -248,7 +251,15 @@ def rows_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, kind: str, inv_ta
     labels = labels.detach().to(torch.int64).contiguous()
     out = torch.empty((B, 1 + m if need_grad else 1), dtype=torch.float32)
     idx = torch.empty((B, m if need_grad else 0), dtype=torch.int64)
+    dx = _dense_view(dense, B, C) if need_grad else None
+    out_np, idx_np = out.numpy(), idx.numpy()
     args = (logits.numpy(), labels.numpy(), cw, KIND_CODES[kind], float(inv_tau), MODE_CODES[mode], float(p_first),
-            float(p_rest), bool(need_grad), int(m), out.numpy(), idx.numpy())
-    run_parallel(lambda first, last: _rows_ce_run(*args, first, last), B, B * (C // 4 + m * (m + len(cw))))
+            float(p_rest), bool(need_grad), int(m), out_np, idx_np)
+    scale = float(dense_scale)
+
+    def run(first, last):  # the rows, then their dense gradient
+        _rows_ce_run(*args, first, last)
+        if dx is not None:
+            _dense_rows(out_np, idx_np, scale, dx, first, last)
+    run_parallel(run, B, B * (C // 4 + m * (m + len(cw))))
     return out, idx

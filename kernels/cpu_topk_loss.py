@@ -38,7 +38,7 @@ scaled values per row.
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import numba
 import numpy as np
@@ -446,7 +446,31 @@ def _scatter_run(out, col0, idx, g, per_row, scale, dx, first, last):
             dx[b, idx[b, j]] = out[b, col0 + j] * f
 
 
+@numba.njit(nogil=True, **_JIT)
+def _dense_rows(out, idx, scale, dx, first, last):
+    """Rows ``first .. last - 1`` (those below ``B``) of the dense gradient ``dx [B, C]``, written
+    whole: 0, then ``dx[b, idx[b, j]] = scale * out[b, 1 + j]``.  The forward kernels call it on the
+    rows they have just made, while those rows are in cache and on every thread (the backward's
+    zeroing ran on one, 20-80 us at ``[500, 1000]``)."""
+    m = idx.shape[1]
+    for b in range(first, min(last, dx.shape[0])):
+        dx[b, :] = 0.0
+        for j in range(m):
+            dx[b, idx[b, j]] = out[b, 1 + j] * scale
+
+
 # --------------------------------------------------------------------------- launchers
+def _dense_view(dense: Optional[torch.Tensor], B: int, C: int):
+    """The numpy view of a forward's ``dense [B, C]`` gradient buffer (``None`` for ``None``)."""
+    if dense is None:
+        return None
+    if dense.shape != (B, C) or dense.dtype not in (torch.float32, torch.float64) or not dense.is_contiguous() \
+            or dense.device.type != "cpu":
+        raise ValueError(f"dense must be a contiguous float32 / float64 CPU tensor of shape {(B, C)}, got "
+                         f"{dense.dtype} {tuple(dense.shape)} on {dense.device}")
+    return dense.detach().numpy()
+
+
 _WEIGHTS: Dict[tuple, np.ndarray] = {}
 
 
@@ -488,10 +512,14 @@ def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int) -> torch.Tenso
 
 
 def topk_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, table, relax_params, m: int, mode: str,
-                p_first: float, p_rest: float, need_grad: bool):
+                p_first: float, p_rest: float, need_grad: bool, dense: Optional[torch.Tensor] = None,
+                dense_scale: float = 1.0):
     """``(out, idx)`` for ``logits [B, C]`` (float32 CPU; other dtypes are cast): ``out [B, 1 + m]``
     float32 holds the loss (column 0) and its gradient w.r.t. the ``m`` wires, whose columns are
-    ``idx [B, m]`` (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.
+    ``idx [B, m]`` (int64).  Without ``need_grad``: ``out [B, 1]`` and ``idx [B, 0]``.  With
+    ``need_grad``, a ``dense [B, C]`` float32 / float64 contiguous tensor is filled with the gradient
+    of ``dense_scale * sum_b loss_b`` w.r.t. the logits (:func:`topk_ce_bwd`'s result for that scale
+    and ``grad_out = 1``) by the forward's threads.
 
     ``c``: the rank weights ``c_r`` of the network part of the loss (``fastsort.losses.rank_weights``),
     as the Triton launcher takes them, or the position-weight tensor ``v [1, m]`` they make;
@@ -511,10 +539,17 @@ def topk_ce_fwd(logits: torch.Tensor, labels: torch.Tensor, c, table, relax_para
     comps, count = comparators(table)
     out = torch.empty((B, 1 + m if need_grad else 1), dtype=torch.float32)
     idx = torch.empty((B, m if need_grad else 0), dtype=torch.int64)
-    args = (logits.numpy(), labels.numpy(), v, comps, count, out.numpy(), idx.numpy(), code, float(steepness),
+    dx = _dense_view(dense, B, C) if need_grad else None
+    out_np, idx_np = out.numpy(), idx.numpy()
+    args = (logits.numpy(), labels.numpy(), v, comps, count, out_np, idx_np, code, float(steepness),
             float(art_lambda), MODE_CODES[mode], float(p_first), float(p_rest), bool(need_grad))
-    run_parallel(lambda first, last: _topk_ce_run(*args, first, last), -(-B // RB),
-                 B * (C // 4 + 3 * int(count.sum())))  # (a logit read ~ 1/4 comparator)
+    scale = float(dense_scale)
+
+    def run(first, last):  # blocks of RB rows, then those rows' dense gradient
+        _topk_ce_run(*args, first, last)
+        if dx is not None:
+            _dense_rows(out_np, idx_np, scale, dx, first * RB, last * RB)
+    run_parallel(run, -(-B // RB), B * (C // 4 + 3 * int(count.sum())))  # (a logit read ~ 1/4 comparator)
     return out, idx
 
 

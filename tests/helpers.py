@@ -189,6 +189,20 @@ def make_batch(B, C, seed, dtype=torch.float64, scale=1.5):
     return logits, labels
 
 
+# --------------------------------------------------------------------------- the CPU loss's dense gradient
+def check_dense_gradient(fwd, args, out, dx, scale=0.5):
+    """A CPU fused-loss launcher ``fwd`` run on ``args`` with a NaN-filled ``dense [B, C]`` buffer (float32
+    and float64) and ``dense_scale``: the same ``out`` as without it, and ``dense`` the scatter ``dx`` (the
+    gradient for a unit cotangent, made by ``topk_ce_bwd``) times ``scale``, every element written."""
+    B, C = dx.shape
+    for dtype in (torch.float32, torch.float64):
+        dense = torch.full((B, C), float("nan"), dtype=dtype)
+        out2, _ = fwd(*args, dense=dense, dense_scale=scale)
+        torch.testing.assert_close(out2, out, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(dense, (dx.double() * scale).to(dtype), rtol=1e-6, atol=1e-7, equal_nan=True)
+        assert torch.isnan(dense).sum() == torch.isnan(dx).sum()
+
+
 # --------------------------------------------------------------------------- NaN-prefilled launcher allocations
 GUARD_ELEMS = 1 << 20
 

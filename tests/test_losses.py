@@ -422,6 +422,54 @@ def test_ignore_index_on_the_fused_kernel(backend, reduction):
     assert bool((grads[1][[0, 3]] == 0).all())
 
 
+@pytest.mark.skipif("numba" not in FUSED_BACKENDS, reason="numba does not import here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("method", ["bitonic", "neuralsort", "softsort"])
+def test_cpu_gradient_made_by_the_forward(method, reduction, dtype, monkeypatch):
+    """On the CPU kernels a reduced loss's forward also writes the dense gradient, which the backward hands
+    to autograd (no scatter pass): the float64 torch path's gradient for a unit cotangent, scaled for another,
+    summed over repeated backwards of a retained graph; a returned gradient modified in place is refused by
+    the next backward, never silently reused (float64 runs the torch path, bfloat16 casts the float32 buffer)."""
+    from fastsort import _fused_loss
+    from fastsort.kernels import cpu_topk_loss
+    g = torch.Generator().manual_seed(12)
+    # distinct multiples of 1/8, exact in bfloat16 too (a tie's order is the torch path's own business)
+    logits = torch.stack([torch.randperm(40, generator=g) - 20.0 for _ in range(9)]) / 8
+    labels = torch.randint(0, 40, (9,), generator=g)
+    logits[0, 5:] = float("-inf")  # fewer finite classes than wires
+    kw = dict(m=8, inverse_temperature=2.0, reduction=reduction)
+    x64 = logits.to(dtype).double().requires_grad_()  # (the values the kernel reads)
+    ref = grad_of(loss_fn(x64, labels, [0.5, 0.0, 0.5], method, **kw), x64)
+    scatters = []
+    real_bwd = cpu_topk_loss.topk_ce_bwd
+    monkeypatch.setattr(cpu_topk_loss, "topk_ce_bwd", lambda *a, **k: scatters.append(1) or real_bwd(*a, **k))
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-6, rtol=1e-4)
+    for weight, backwards in ((1.0, 1), (0.3, 1), (1.0, 3)):
+        x = logits.to(dtype, copy=True).requires_grad_()
+        with helpers.nan_filled_allocations(_fused_loss, guards=False):  # (the dense buffer is allocated there)
+            loss = loss_fn(x, labels, [0.5, 0.0, 0.5], method, backend="numba", **kw)
+        assert loss.dtype == dtype
+        for _ in range(backwards):
+            (loss * weight if weight != 1.0 else loss).backward(retain_graph=True)
+        assert x.grad.dtype == dtype
+        assert_close(x.grad.double(), ref * weight * backwards, **tol)
+    assert scatters == []
+    # torch.autograd.grad may hand out the very tensor the graph saved (float32: the fused op's; float64 runs
+    # the torch path): modified in place, the next backward refuses it, or gives the right gradient
+    x = logits.to(dtype, copy=True).requires_grad_()
+    loss = loss_fn(x, labels, [0.5, 0.0, 0.5], method, backend="numba", **kw)
+    (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+    g.mul_(2)
+    try:
+        (g,) = torch.autograd.grad(loss, x)
+    except RuntimeError as e:
+        assert dtype == torch.float32 and "modified by an inplace operation" in str(e)
+    else:
+        assert dtype != torch.float32
+        assert_close(g.double(), ref, **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
 def test_integer_label_dtypes(dtype):
     """Labels of any integer dtype, as torch's cross-entropy takes (int32 used to fail inside gather)."""

@@ -23,7 +23,7 @@ from fastsort.kernels import cpu_topk_loss as cl  # noqa: E402
 from fastsort.losses import rank_weights  # noqa: E402
 from fastsort.networks import get_network, reference, sweep_init  # noqa: E402
 from fastsort.relaxations import DISTRIBUTIONS, RELAXATIONS, relax_alpha, relax_slope  # noqa: E402
-from helpers import assert_close, nan_filled_allocations  # noqa: E402
+from helpers import assert_close, check_dense_gradient, nan_filled_allocations  # noqa: E402
 
 KINDS = ("odd_even", "bitonic", "splitter_selection")
 SIZES = (1, 2, 3, 7, 33, 100)
@@ -310,7 +310,12 @@ def _torch_loss(x, y, p, kind, m, mode, dist, steep):
 def _kernel_loss(x, y, p, kind, m, mode, dist, steep, need_grad=True):
     c = rank_weights(p, mode)
     table = get_network(kind, m, "cpu", len(c) if kind == "splitter_selection" else None)
-    return cl.topk_ce_fwd(x, y, tuple(c), table, (dist, steep, 0.25), m, mode, p[0], sum(p[1:]), need_grad)
+    args = (x, y, tuple(c), table, (dist, steep, 0.25), m, mode, p[0], sum(p[1:]), need_grad)
+    out, idx = cl.topk_ce_fwd(*args)
+    if need_grad:
+        check_dense_gradient(cl.topk_ce_fwd, args, out,
+                             cl.topk_ce_bwd(out, idx, torch.tensor(1.0), x.shape[1], torch.float32, 1.0, col0=1))
+    return out, idx
 
 
 def _logits(B=12, C=40):
@@ -478,3 +483,7 @@ def test_fused_loss_checks():
     b = cl.topk_ce_fwd(x, y, (0.5, 0.5), table, ("cauchy", 1.0, 0.25), 5, "sm", 0.0, 1.0, True)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert math.isfinite(float(a[:, 0].sum()))
+    # a dense gradient buffer must be the logits' [B, C], float32 / float64, contiguous, on the CPU
+    for bad in (torch.empty(4, 9), torch.empty(4, 10, dtype=torch.float16), torch.empty(10, 4).t()):
+        with pytest.raises(ValueError, match="dense must be a contiguous float32 / float64 CPU tensor of shape"):
+            cl.topk_ce_fwd(x, y, (0.5, 0.5), table, ("cauchy", 1.0, 0.25), 5, "sm", 0.0, 1.0, True, dense=bad)

@@ -20,7 +20,7 @@ from fastsort import METHODS  # noqa: E402
 from fastsort.kernels import cpu_rows_loss as crl  # noqa: E402
 from fastsort.kernels import cpu_topk_loss as cl  # noqa: E402
 from fastsort.losses import rank_weights  # noqa: E402
-from helpers import assert_close, nan_filled_allocations  # noqa: E402
+from helpers import assert_close, check_dense_gradient, nan_filled_allocations  # noqa: E402
 
 KINDS = ("neuralsort", "softsort")
 MODES = ("sm", "smce", "sort")
@@ -35,10 +35,13 @@ def nan_outputs():
 
 def _kernel(x, y, p, kind, m, mode, it, need_grad=True):
     """``(per-row loss, dloss/dlogits)`` of the kernel and the networks' scatter (rows summed)."""
-    out, idx = crl.rows_ce_fwd(x, y, tuple(rank_weights(p, mode)), kind, it, m, mode, p[0], sum(p[1:]), need_grad)
+    args = (x, y, tuple(rank_weights(p, mode)), kind, it, m, mode, p[0], sum(p[1:]), need_grad)
+    out, idx = crl.rows_ce_fwd(*args)
     if not need_grad:
         return out, idx
-    return out[:, 0], cl.topk_ce_bwd(out, idx, torch.tensor(1.0), x.shape[1], torch.float32, 1.0, col0=1), idx
+    dx = cl.topk_ce_bwd(out, idx, torch.tensor(1.0), x.shape[1], torch.float32, 1.0, col0=1)
+    check_dense_gradient(crl.rows_ce_fwd, args, out, dx)
+    return out[:, 0], dx, idx
 
 
 def _torch64(x, y, p, kind, m, mode, it):
