@@ -211,6 +211,12 @@ def topk_cross_entropy(
     Returns:
         A scalar (``mean``/``sum``) or ``[B]`` (``none``) in the logits' dtype.
 
+    On the CPU kernels (``numba``, ``m`` set, not under ``torch.compile``) a reduced loss's forward
+    also makes the logits' gradient, which the backward hands to autograd as it is for a unit
+    upstream gradient, scaled otherwise (docs/design.md, "Top-k cross-entropy and preselection"): a gradient that
+    ``torch.autograd.grad(..., retain_graph=True)`` returned and that is then modified in place
+    makes a later backward of the same graph raise, as for any saved tensor modified in place.
+
     Example:
         >>> logits = torch.tensor([[1., 8., -1., 9., 5.]], requires_grad=True)
         >>> loss = fastsort.topk_cross_entropy(logits, torch.tensor([1]), [0.5, 0.5], inverse_temperature=2.0)
