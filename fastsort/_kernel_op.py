@@ -47,6 +47,29 @@ from torch.autograd.function import once_differentiable
 __all__ = ["KernelOp"]
 
 
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on a first derivative made with ``create_graph=True``, tied to a throwaway leaf that
+    requires grad: the derivative then carries a graph (``once_differentiable`` leaves it without one
+    when the upstream gradient needs none, so a gradient penalty through it would silently be a
+    constant), and differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, grad, anchor, name):
+        ctx.name = name
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(f"fastsort: cannot differentiate twice through {ctx.name} (a gradient penalty, a "
+                           "Hessian-vector product): its backward is a hand-written kernel with no derivative of "
+                           "its own")
+
+
+def _no_second_derivative(grads, name: str):
+    anchor = torch.zeros((), requires_grad=True)
+    return tuple(g if g is None else _NoSecondDerivative.apply(g, anchor, name) for g in grads)
+
+
 def _is_tensor_annotation(annotation) -> bool:
     return annotation is torch.Tensor or annotation == Optional[torch.Tensor]
 
@@ -158,7 +181,7 @@ class KernelOp:
             @staticmethod
             def backward(ctx, *grads):
                 if torch.is_grad_enabled():  # create_graph=True: the checked path
-                    return checked_backward(ctx, *grads)
+                    return _no_second_derivative(checked_backward(ctx, *grads), op.name)
                 return run_backward(ctx, *grads)
 
         _Function.__name__ = _Function.__qualname__ = f"{self.name}_function"

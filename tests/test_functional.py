@@ -516,10 +516,19 @@ def test_double_backward_raises(method, backend, dtype):
     (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
     (plain,) = torch.autograd.grad((y * w).sum(), x, retain_graph=True)  # the usual path, same gradient
     torch.testing.assert_close(g, plain, rtol=0, atol=0)
-    # once_differentiable: the first derivative carries no graph (or a DelayedError node), so asking for
-    # the second one raises
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiate twice"):
+    # the first derivative carries a graph whose backward raises (without it, a gradient penalty through g
+    # would silently be a constant: once_differentiable gives g no graph when w needs no gradient); that
+    # graph does not reach x, which torch.autograd.grad reports before running it
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="not have been used in the graph"):
         torch.autograd.grad(g.sum(), x)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        ((y * w).sum() + g.pow(2).sum()).backward()
+    # an upstream gradient that needs one (once_differentiable's own error node beneath ours)
+    w.requires_grad_()
+    (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.pow(2).sum().backward()
 
 
 def test_numpy_scalars_are_accepted():
