@@ -435,15 +435,19 @@ def _preselect_run(logits, labels, idx, first, last):
             idx[b, j] = row_c[j]
 
 
+@numba.njit(inline="always", **_JIT)
+def _scatter_row(out, col0, idx, f, dx, b):
+    """Row ``b`` of the gradient's non-zero entries: ``dx[b, idx[b, j]] = f * out[b, col0 + j]``."""
+    for j in range(idx.shape[1]):
+        dx[b, idx[b, j]] = out[b, col0 + j] * f
+
+
 @numba.njit(nogil=True, **_JIT)
 def _scatter_run(out, col0, idx, g, per_row, scale, dx, first, last):
     """Rows ``first .. last - 1`` of ``dx [B, C]`` (zeros): ``dx[b, idx[b, j]] = scale * g_b * out[b, col0 + j]``
     (``g_b = g[b]`` when ``per_row``, else ``g[0]``)."""
-    m = idx.shape[1]
     for b in range(first, last):
-        f = scale * (g[b] if per_row else g[0])
-        for j in range(m):
-            dx[b, idx[b, j]] = out[b, col0 + j] * f
+        _scatter_row(out, col0, idx, scale * (g[b] if per_row else g[0]), dx, b)
 
 
 @numba.njit(nogil=True, **_JIT)
@@ -451,12 +455,10 @@ def _dense_rows(out, idx, scale, dx, first, last):
     """Rows ``first .. last - 1`` (those below ``B``) of the dense gradient ``dx [B, C]``, written
     whole: 0, then ``dx[b, idx[b, j]] = scale * out[b, 1 + j]``.  The forward kernels call it on the
     rows they have just made, while those rows are in cache and on every thread (the backward's
-    zeroing ran on one, 20-80 us at ``[500, 1000]``)."""
-    m = idx.shape[1]
+    zeroing ran on one, 20-80 us at ``[500, 1000]``); the entries are :func:`_scatter_run`'s."""
     for b in range(first, min(last, dx.shape[0])):
         dx[b, :] = 0.0
-        for j in range(m):
-            dx[b, idx[b, j]] = out[b, 1 + j] * scale
+        _scatter_row(out, 1, idx, scale, dx, b)
 
 
 # --------------------------------------------------------------------------- launchers
