@@ -139,21 +139,40 @@ def _lane_maxima(keys, W, top):
         top[i - runs * W] = max(top[i - runs * W], _lane_key(keys[i]))
 
 
+@numba.njit(error_model="numpy", cache=True, fastmath={"reassoc"}, inline="always")
+def _count_at_least(top, W, v):
+    """How many of ``top [W]`` are ``>= v``, counted in float32 (16 to a vector: an int32 count is
+    widened to int64 by numba, half the lanes)."""
+    ge = np.float32(0.0)
+    for j in range(W):
+        ge += np.float32(1.0) if top[j] >= v else np.float32(0.0)
+    return ge
+
+
 @numba.njit(error_model="numpy", cache=True, fastmath={"reassoc"})
-def _kth_largest(top, W, G):
-    """The ``G``-th largest of ``top [W]`` (``G <= W``): the largest entry that ``G`` entries are not
-    below.  ``W^2`` comparisons counted in float32 (16 to a vector: the count vectorises, ~150 ns
-    for ``W = 64``; an insertion into a sorted list of ``G`` took 3x that, branches mispredicted)."""
-    T = np.int32(-0x80000000)
+def _lane_bound(top, W, G):
+    """A key ``T`` with at least ``G`` of ``top [W]`` (``G <= W``) ``>= T``, and as few as the keys
+    allow: bisection on the key between the least entry (``W >= G`` reach it) and one above the
+    largest (none does), stopped as soon as exactly ``G`` entries reach the midpoint (then it
+    selects the same entries as the ``G``-th largest).  ~10 vectorised counts of the ``W`` keys:
+    ~40 ns for ``W = 64`` where the ``W^2`` rank count took ~270 ns."""
+    lo = np.int64(top[0])
+    hi = np.int64(top[0])
+    for j in range(W):
+        lo = min(lo, np.int64(top[j]))
+        hi = max(hi, np.int64(top[j]))
+    hi += 1  # (int64: one above the largest int32 key)
     g = np.float32(G)
-    for i in range(W):
-        v = top[i]
-        ge = np.float32(0.0)
-        for j in range(W):
-            ge += np.float32(1.0) if top[j] >= v else np.float32(0.0)
-        if ge >= g and v > T:
-            T = v
-    return T
+    while hi - lo > 1:  # count(top >= lo) >= G > count(top >= hi)
+        mid = (lo + hi) // 2
+        c = _count_at_least(top, W, np.int32(mid))
+        if c >= g:
+            lo = mid
+            if c == g:
+                break
+        else:
+            hi = mid
+    return np.int32(lo)
 
 
 @numba.njit(**_JIT)
@@ -162,27 +181,30 @@ def _preselect(row, label, x, col, key, cand):
     largest other logits of ``row [C]`` (float32; descending, lower column first among ties, NaN
     first).  Scratch: ``key`` int32 ``[1]``, ``cand`` int32 ``[2 C]``.
 
-    1. **Lanes.** ``W`` lanes, lane ``j`` the columns ``i = j (mod W)`` (``W`` = ``L``, ``2 L`` or
-       ``4 L`` as the row allows, ``L`` = ``K + 1`` rounded up to 16: 64 lanes of ~16 columns at
+    1. **Lanes.** ``W`` lanes, lane ``j`` the columns ``i = j (mod W)`` (``W`` = ``L``, ``2 L``, ``4 L``
+       or ``8 L`` as the row allows, ``L`` = ``K + 1`` rounded up to 16: 128 lanes of ~8 columns at
        ``m = 16``, ``C = 1000``), and each lane's maximum in one vectorised pass
        (:func:`_lane_maxima`), over int32 keys that order like the floats (an integer max
        vectorises, a float max with NaN semantics does not), every NaN above ``+inf``.
-    2. **The bound** ``T``: the ``(K + 1)``-th largest lane maximum (:func:`_kth_largest`).  The
-       ``K + 1`` lanes whose maxima are ``>= T`` hold ``K + 1`` distinct logits ``>= T``, at most
-       one of them the label's, so ``T`` is at most the ``K``-th largest other logit: every logit
-       kept is ``>= T``, and lies in a lane whose maximum is ``>= T``.
-    3. **The candidates**: the columns of those lanes (~16 of 64) not below ``T`` (ties at the bound
+    2. **The bound** ``T``: a key that at least ``K + 1`` lane maxima reach, found by bisection
+       (:func:`_lane_bound`; it reads the same lanes as the ``(K + 1)``-th largest maximum).  Those
+       lanes hold ``K + 1`` distinct logits ``>= T``, at most one of them the label's, so ``T`` is at
+       most the ``K``-th largest other logit: every logit kept is ``>= T``, and lies in a lane whose
+       maximum is ``>= T``.
+    3. **The candidates**: the columns of those lanes (~16 of 128) not below ``T`` (ties at the bound
        and NaN pass), listed in column order (run by run, the lanes in order) by a pass without
        branches (each column is written to the list, which only advances past a candidate): ~18 a
-       row for random rows at ``m = 16``, ``C = 1000``, from ~280 columns read.
+       row for random rows at ``m = 16``, ``C = 1000``, from ~125 columns read.
     4. The candidates inserted into a sorted list; once it is full, only those above its last
        entry (or NaN).
 
     Rows shorter than ``L`` take the bound from ``K + 1`` contiguous groups instead and list every
-    column not below it.  (Measured at ``m = 16``, ``C = 1000``, 500 rows, one thread: 355-360 us
-    against 455-460 for the bound from 16 strided groups, a pass listing all 1000 columns and a
-    second bound from the ~51 listed; before that 1.1 us a row, 1.7 with the groups' maxima taken
-    over 16 lanes, 2.1 with contiguous groups and insertion while scanning.)
+    column not below it.  (Measured at ``m = 16``, ``C = 1000``, 500 rows, one thread, in one
+    process taking turns: 388-400 us against 498-507 for the bound from a ``W^2`` rank count over 64
+    lanes; 418-425 with the lanes to read listed from bit masks; 355-360 against 455-460 before for
+    that rank count against 16 strided groups' bound, a pass listing all 1000 columns and a second
+    bound from the ~51 listed; before that 1.1 us a row, 1.7 with the groups' maxima taken over 16
+    lanes, 2.1 with contiguous groups and insertion while scanning.)
     """
     C = row.shape[0]
     m = x.shape[0]
@@ -198,11 +220,11 @@ def _preselect(row, label, x, col, key, cand):
     n_cand = 0
     if C >= L:
         W = L
-        while W < 4 * L and 2 * W <= C:
+        while W < 8 * L and 2 * W <= C:
             W *= 2
         top = cand[C:C + W]
         _lane_maxima(keys, W, top)
-        bound = _kth_largest(top, W, K + 1)
+        bound = _lane_bound(top, W, K + 1)
         T = _key_value(bound, key)
         if bound == 0:  # T = +0.0: a lane whose maximum is -0.0 holds logits equal to it
             bound = np.int32(-1)

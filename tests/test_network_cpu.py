@@ -394,7 +394,7 @@ def _stable_top_others(x, y, m):
     return rows
 
 
-# (the bound's lanes: W = 4L for C = 1003 and 64 (m = 16), 2L for C = 50 and 100 (m = 33), L for C = 40 (m = 17);
+# (the bound's lanes: W = 8L for C = 1003, 4L for C = 64 (m = 16), 2L for C = 50 and 100 (m = 33), L for C = 40 (m = 17);
 # contiguous groups for C = 25)
 @pytest.mark.parametrize("B,C,m", [(40, 1003, 16), (9, 25, 20), (9, 40, 17), (5, 12, 1), (64, 100, 33), (9, 50, 16),
                                    (7, 64, 16)])
