@@ -145,6 +145,32 @@ def test_neuralsort_tied_wires_get_equal_gradients_softsort_the_torch_loss():
             assert grad[0, 1] == grad[0, 2] != 0 and grad[0, 5] == 0
 
 
+
+def test_neuralsort_gradient_with_the_label_tied_matches_pairwise_autograd():
+    """Rows of few distinct values, the label's logit tied with other wires: the kernel's loss and wire
+    gradient against a float64 NeuralSort loss written here with pairwise ``|s_j - s_l|`` (autograd's
+    derivative of ``|d|`` at 0 is 0, the kernel's convention), on the kernel's own wires."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 4, (12, 40), generator=g).float() + 0.5 * torch.randint(0, 2, (12, 40), generator=g)
+    y = torch.randint(0, 40, (12,), generator=g)
+    for b in range(12):  # the label's logit equals the 4th largest one (ties among the wires too)
+        x[b, y[b]] = x[b].sort(descending=True).values[3]
+    p, m, it = [0.5, 0, 0.2, 0.3], 9, 0.7
+    c = rank_weights(p, "sm")
+    loss, grad, idx = _kernel(x, y, p, "neuralsort", m, "sm", it)
+    s = x.double().gather(1, idx).requires_grad_(True)
+    n = s.shape[1]
+    a = (s.unsqueeze(2) - s.unsqueeze(1)).abs().sum(2)
+    scale = torch.tensor([n - 1.0 - 2 * r for r in range(len(c))], dtype=torch.float64)
+    P = torch.softmax(it * (scale[None, :, None] * s[:, None, :] - a[:, None, :]), dim=2)  # [B, K, n]
+    q = p[0] * torch.softmax(s, 1)[:, 0] + (torch.tensor(c, dtype=torch.float64) * P[:, :, 0]).sum(1)
+    ref = -torch.log(q * (1 - 2e-7) + 1e-7)
+    ref.sum().backward()
+    assert (s.detach()[:, :1] == s.detach()[:, 1:]).any(1).all()  # every label is tied with a wire
+    assert_close(loss, ref.detach().float(), rtol=1e-5, atol=1e-5)
+    assert_close(grad.gather(1, idx), s.grad.float(), rtol=1e-4, atol=2e-6)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", MODES)
 def test_public_loss_uses_the_kernel_and_matches_difftopk(monkeypatch, kind, mode):
