@@ -5,6 +5,7 @@
 * :func:`run_op` / :func:`sinkhorn_op`: a public op, or a ``fastsort.sinkhorn`` function, by name;
 * :func:`alpha_ref` / :func:`dense_network`: the reference relaxations and the dense float64
   reference of a relaxed network, written from the relaxation formulas of ``docs/design.md``;
+  :func:`neuralsort_direct`: NeuralSort's rows from their definition (pairwise ``|s_j - s_l|``);
 * :func:`make_batch`: a seeded logits / labels batch;
 * :func:`nan_filled_allocations`: NaN-prefilled launcher allocations, with a guard for 0-element
   placeholders.
@@ -177,6 +178,16 @@ def dense_network(x, kind, distribution, steepness, k=None, art_lambda=0.25):
         y = (y.unsqueeze(1) @ L).squeeze(1)
         X = X @ L
     return y, X
+
+
+def neuralsort_direct(s, k, tau):
+    """NeuralSort's top ``k`` rows ``[..., k, n]`` from the definition, ``O(n^2)``: rank ``i = 1..k``,
+    ``softmax(((n + 1 - 2 i) s - A_s 1) / tau)`` with ``(A_s 1)_j = sum_l |s_j - s_l|``, for float64
+    autograd (whose derivative of ``|d|`` at 0 is 0)."""
+    n = s.shape[-1]
+    a = (s.unsqueeze(-1) - s.unsqueeze(-2)).abs().sum(-1)
+    scale = (n + 1 - 2 * torch.arange(1, k + 1, dtype=s.dtype)).unsqueeze(-1)
+    return torch.softmax((scale * s.unsqueeze(-2) - a.unsqueeze(-2)) / tau, dim=-1)
 
 
 # --------------------------------------------------------------------------- inputs

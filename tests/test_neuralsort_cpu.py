@@ -16,21 +16,13 @@ from fastsort import softmax_sorts
 from fastsort.compat import difftopk as compat
 from fastsort.kernels import cpu_neuralsort as cn
 from fastsort.softmax_sorts import neuralsort_rows
-from helpers import assert_close, nan_filled_allocations
+from helpers import assert_close, nan_filled_allocations, neuralsort_direct
 
 
 @pytest.fixture(autouse=True)
 def nan_outputs():
     with nan_filled_allocations(cn, guards=False):
         yield
-
-
-def direct(s, k, tau):
-    """NeuralSort's top ``k`` rows from the definition (``O(n^2)``), for float64 autograd."""
-    n = s.shape[-1]
-    a = (s.unsqueeze(-1) - s.unsqueeze(-2)).abs().sum(-1)
-    scale = (n + 1 - 2 * torch.arange(1, k + 1, dtype=s.dtype)).unsqueeze(-1)
-    return torch.softmax((scale * s.unsqueeze(-2) - a.unsqueeze(-2)) / tau, dim=-1)
 
 
 def batch(R, n, seed, ties=True):
@@ -53,7 +45,7 @@ def test_kernels_match_the_float64_definition(R, n, k, tau, transposed):
     assert out.is_contiguous() and out.shape == ((R, n, k) if transposed else (R, k, n))
     P = out.transpose(1, 2) if transposed else out
     s64 = s.double().requires_grad_()
-    P64 = direct(s64, k, tau)
+    P64 = neuralsort_direct(s64, k, tau)
     # float32 logits of size n |s| / tau: their rounding, relative to P's largest entries
     assert_close(P, P64.float(), rtol=0, atol=3e-7 * max(1.0, n * 8 / tau))
     (P64 * G.double()).sum().backward()
