@@ -14,9 +14,10 @@ Backends: ``triton`` (:mod:`fastsort.kernels.topk_loss`) and ``numba``
 and SoftSort (``kind`` in :data:`ROWS_KINDS`) have their own forward kernel
 (:mod:`fastsort.kernels.cpu_rows_loss`, ``rows_ce_fwd`` of :mod:`fastsort.kernels.topk_loss`:
 ``steepness`` carries ``1 / tau``, ``distribution`` and ``art_lambda`` are unused) and the
-same backward.  On ``numba``, an eager step with a reduced loss has the forward's threads write
-the dense ``dlogits`` too, and the backward hands that saved tensor to autograd (docs/design.md,
-"Top-k cross-entropy and preselection": no zero-fill and scatter pass).
+same backward.  Where the launchers say ``DENSE_GRADIENT`` (the ``numba`` ones), an eager step
+with a reduced loss has the forward's threads write the dense ``dlogits`` too, and the backward
+hands that saved tensor to autograd (docs/design.md, "Top-k cross-entropy and preselection": no
+zero-fill and scatter pass).
 """
 from __future__ import annotations
 
@@ -60,17 +61,17 @@ def _forward(logits: Tensor, labels: Tensor, c: List[float], kind: str, m: int, 
     w.r.t. the logits for a unit ``g_loss`` (made by the forward's threads, handed to autograd by the
     backward: a training step's gradient without a zeroing pass), empty otherwise."""
     B = logits.shape[0]
+    kernels = _kernels(backend, kind)
     dense = None
-    if donate and need_grad and backend == "numba" and reduction != "none":
+    if donate and need_grad and reduction != "none" and kernels.DENSE_GRADIENT:
         dense = torch.empty((B, n_classes), dtype=_dense_dtype(logits.dtype))
     if kind in ROWS_KINDS:  # (steepness carries 1 / tau)
-        out, idx = _kernels(backend, kind).rows_ce_fwd(logits, labels, tuple(c), kind, steepness, m, mode, p_first,
-                                                       p_rest, need_grad, **_dense_args(dense, reduction, B))
+        out, idx = kernels.rows_ce_fwd(logits, labels, tuple(c), kind, steepness, m, mode, p_first, p_rest, need_grad,
+                                       **_dense_args(dense, reduction, B))
     else:
         table = get_network(kind, m, logits.device, len(c) if kind == "splitter_selection" else None)
-        out, idx = _kernels(backend).topk_ce_fwd(logits, labels, tuple(c), table,
-                                                 (distribution, steepness, art_lambda), m, mode, p_first, p_rest,
-                                                 need_grad, **_dense_args(dense, reduction, B))
+        out, idx = kernels.topk_ce_fwd(logits, labels, tuple(c), table, (distribution, steepness, art_lambda), m, mode,
+                                       p_first, p_rest, need_grad, **_dense_args(dense, reduction, B))
     # copy=True: with reduction "none" the loss would otherwise be a view of ``out`` (outputs of a
     # custom op may not alias each other)
     loss = reduce_loss(out[:, 0], reduction).to(logits.dtype, copy=reduction == "none")

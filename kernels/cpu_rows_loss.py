@@ -64,8 +64,10 @@ from .cpu_neuralsort import _abs_sums, _sign_sums
 from .cpu_softsort import exp_nonpositive_row
 from .cpu_topk_loss import MODE_CODES, _dense_rows, _dense_view, _preselect, loss_terms
 
-__all__ = ["KIND_CODES", "rows_ce_fwd"]
+__all__ = ["DENSE_GRADIENT", "KIND_CODES", "rows_ce_fwd"]
 
+#: the forward fills the dense gradient itself, as the networks' CPU kernel (its ``DENSE_GRADIENT``)
+DENSE_GRADIENT = True
 #: the method -> the kernel's integer code
 KIND_CODES = {"neuralsort": 0, "softsort": 1}
 #: reassociation lets the row sums vectorise (no assumption about NaN or infinities: the kernel routes them)

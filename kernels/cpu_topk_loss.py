@@ -47,8 +47,11 @@ import torch
 from .cpu_network import comparators, run_parallel
 from .cpu_relaxations import alphas, check_code, relaxation_code, slopes
 
-__all__ = ["MODE_CODES", "loss_terms", "preselect", "topk_ce_fwd", "topk_ce_bwd"]
+__all__ = ["DENSE_GRADIENT", "MODE_CODES", "loss_terms", "preselect", "topk_ce_fwd", "topk_ce_bwd"]
 
+#: the forward takes ``dense`` / ``dense_scale`` and fills the logits' dense gradient while it runs
+#: (``fastsort/_fused_loss.py`` asks for it in an eager step with a reduced loss)
+DENSE_GRADIENT = True
 #: top1_mode -> the kernel's integer code (the Triton kernel's ``MODE`` values)
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
 #: -inf logits are sorted as this finite value
@@ -199,12 +202,9 @@ def _preselect(row, label, x, col, key, cand):
        entry (or NaN).
 
     Rows shorter than ``L`` take the bound from ``K + 1`` contiguous groups instead and list every
-    column not below it.  (Measured at ``m = 16``, ``C = 1000``, 500 rows, one thread, in one
-    process taking turns: 388-400 us against 498-507 for the bound from a ``W^2`` rank count over 64
-    lanes; 418-425 with the lanes to read listed from bit masks; 355-360 against 455-460 before for
-    that rank count against 16 strided groups' bound, a pass listing all 1000 columns and a second
-    bound from the ~51 listed; before that 1.1 us a row, 1.7 with the groups' maxima taken over 16
-    lanes, 2.1 with contiguous groups and insertion while scanning.)
+    column not below it.  (500 rows of ``C = 1000``, ``m = 16``, one thread: 388-400 us against
+    498-507 for the ``W^2`` rank count over 64 lanes; the earlier designs' numbers are in
+    docs/changelog.md.)
     """
     C = row.shape[0]
     m = x.shape[0]

@@ -50,6 +50,8 @@ from .network import comparator_adjoint, layer_lanes
 from .relaxations import dist_code, relax
 
 MODE_CODES = {"sm": 0, "smce": 1, "sort": 2}
+#: the forwards take no ``dense`` buffer: the backward's scatter kernel writes ``dlogits`` (one launch)
+DENSE_GRADIENT = False
 #: -inf logits are sorted as this finite value (alpha exactly 0 or 1 against it)
 NEG_BIG = tl.constexpr(-1e30)
 KEY_MIN = tl.constexpr(-9223372036854775808)
