@@ -168,19 +168,24 @@ def _separable_rows(s, top_idx, P, c, ok, first, last):
     for r in range(first, last):
         ok[r] = separable_factors(s, r, c, a, inv, n)
         if full:  # rank i's sum is inv_t_i A_i + a_t_i I_i (module docstring)
+            for q in range(n):  # the factors in rank order (wb, wa: scratch until the last loop)
+                col = top_idx[r, q]
+                wb[q] = a[col]
+                wa[q] = inv[col]
             acc_a = 0.0
             acc_i = 0.0
             for q in range(n):  # (the two scans interleaved: independent chains of additions)
                 p = n - 1 - q
-                acc_a += a[top_idx[r, p]]
+                acc_a += wb[p]
                 sum_a[p] = acc_a  # A_p = sum of a over ranks p .. n - 1
                 sum_inv[q] = acc_i  # I_q = sum of inv over ranks 0 .. q - 1
-                acc_i += inv[top_idx[r, q]]
-            for q in range(n):
-                col = top_idx[r, q]
-                w = 1.0 / (np.float64(inv[col]) * sum_a[q] + np.float64(a[col]) * sum_inv[q])
-                wa[q] = np.float32(inv[col] * w)
-                wb[q] = np.float32(a[col] * w)
+                acc_i += wa[q]
+            for q in range(n):  # (no gather left: one vectorised loop, its divisions included)
+                ga = np.float64(wb[q])
+                gi = np.float64(wa[q])
+                w = 1.0 / (gi * sum_a[q] + ga * sum_inv[q])
+                wa[q] = np.float32(gi * w)
+                wb[q] = np.float32(ga * w)
         else:
             for q in range(k):
                 col = top_idx[r, q]
@@ -233,6 +238,7 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
     and its columns ``top_idx [R, k]`` (``t_i = s[r, top_idx[r, i]]``)."""
     n = s.shape[1]
     k = top_idx.shape[1]
+    dts = np.empty(k, dtype=np.float32)
     for r in range(first, last):
         srow = s[r]
         drow = ds[r]
@@ -252,7 +258,11 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
                 w = prow[j] * (grow[j] - dotf) * sign * c  # dL/dz_j dz_j/ds_j = -dL/dz_j dz_j/dt_i
                 drow[j] += w
                 dt -= w
-            drow[top_idx[r, i]] += np.float32(dt)
+            dts[i] = dt
+        # the ranks' terms after the loop: one scalar store into drow between two of its vector loops made
+        # the next loop's loads wait for it (a store-to-load forwarding stall every rank)
+        for i in range(k):
+            drow[top_idx[r, i]] += dts[i]
 
 
 #: with ``k = n`` the kernel sorts the rows itself (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
