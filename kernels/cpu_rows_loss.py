@@ -106,6 +106,7 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
     sv = np.empty(m)  # the wires, -inf as 0
     order = np.empty(m, dtype=np.int64)  # SoftSort: the wires in decreasing order
     inv = np.empty(1 + K)
+    accs = np.empty(K)  # SoftSort: each rank's term for the wire its value came from
     for b in range(first, last):
         label = labels[b]
         bad = label < 0 or label >= C
@@ -218,7 +219,10 @@ def _rows_ce_run(logits, labels, cw, kind, ic, mode, p_first, p_rest, need_grad,
                         np.float64(d > 0) - np.float64(d < 0))
                     gr[j] += w
                     acc += w
-                gr[order[r]] -= acc
+                accs[r] = acc
+            # (after the loop: a scalar store into gr between its vector loops stalled the next one's loads)
+            for r in range(R):
+                gr[order[r]] -= accs[r]
         for j in range(m):
             gj = gr[j]
             sj = E[j] * inv[0] if nf else math.nan
