@@ -130,6 +130,39 @@ def test_nan_inf_and_bad_labels_give_nan_rows(kind):
     assert torch.isnan(grad[:2].gather(1, idx[:2])).all() and torch.isfinite(grad[4]).all()
 
 
+def test_sorted_wire_sums_match_the_pair_sums():
+    """The kernel's ``O(n_f)`` sums along the wires' order against NeuralSort's ``O(n^2)`` pair sums
+    (``cpu_neuralsort._abs_sums`` / ``_sign_sums``) on packed wires as the preselection leaves them (the
+    label's first, the others decreasing), with runs of ties, the label tied or masked (not packed),
+    one wire, and values of magnitude 1e4 spread over 1e-3."""
+    from fastsort.kernels import cpu_neuralsort as cn
+
+    rng = np.random.default_rng(0)
+    so = np.empty(16, dtype=np.int64)
+    for trial in range(400):
+        nf = int(rng.integers(1, 17))
+        pool = rng.integers(-3, 4, size=nf).astype(np.float32) if trial % 3 == 0 else \
+            rng.standard_normal(nf).astype(np.float32)
+        if trial % 7 == 0:
+            pool = np.float32(1e4) + np.float32(1e-3) * pool
+        lab = trial % 4 != 0  # the label's wire finite (packed first) or masked
+        rest = np.sort(pool[1:] if lab else pool)[::-1]
+        fs = np.concatenate([pool[:1], rest]).astype(np.float32) if lab else rest.astype(np.float32).copy()
+        crl._wire_order(fs, nf, lab, so)
+        assert sorted(so[:nf].tolist()) == list(range(nf)) and (np.diff(fs[so[:nf]]) <= 0).all(), (trial, fs)
+        c = 0.7
+        fa, fa_ref = np.empty(nf, np.float32), np.empty(nf, np.float32)
+        crl._sorted_abs_sums(fs, nf, so, fa, c)
+        cn._abs_sums(fs, fa_ref, c)
+        scale = float(np.abs(fa_ref).max()) + 1e-30
+        assert np.allclose(fa, fa_ref, rtol=2e-6, atol=1e-6 * scale), (trial, fs, fa, fa_ref)
+        dv, h = rng.standard_normal(nf), rng.standard_normal(nf)
+        fds, fds_ref = np.empty(nf, np.float32), np.empty(nf, np.float32)
+        crl._sorted_sign_sums(fs, nf, so, dv, h, fds)
+        cn._sign_sums(fs, dv, h, fds_ref)
+        assert np.allclose(fds, fds_ref, rtol=2e-6, atol=2e-6), (trial, fs, fds, fds_ref)
+
+
 def test_neuralsort_tied_wires_get_equal_gradients_softsort_the_torch_loss():
     """Exactly tied logits: NeuralSort's derivative of ``|d|`` at 0 is 0 (the NeuralSort kernels'
     symmetric gradient, hand-checked: swapping two tied wires changes nothing); both losses equal the
