@@ -266,8 +266,8 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
 
 
 #: with ``k = n`` the kernel sorts the rows itself (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
-#: stable; by insertion up to 32 entries, by the joint radix sort beyond): at ``[128, 100]``, one thread, the
-#: forward 514 -> 224-237 us against ``torch.sort`` in the launcher, at ``[500, 16]`` 116 -> 93 us against the
+#: stable; up to 32 entries by a merge network over many rows or by insertion, by the joint radix sort
+#: beyond): at ``[128, 100]``, one thread, the forward 514 -> 224-237 us against ``torch.sort`` in the launcher, at ``[500, 16]`` 116 -> 93 us against the
 #: kernel's earlier insertion sort of float rows.  ``torch.sort`` is not stable: rows of at most this many
 #: entries it sorts by insertion (stable, so the same order of tied values); longer rows in which the kernel
 #: finds tied values take their columns from ``torch.sort`` (``P`` does not depend on which tied column a rank

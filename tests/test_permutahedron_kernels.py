@@ -79,7 +79,8 @@ def cpu_isotonic():
 
 @pytest.mark.parametrize("op,reg", CONFIGS)
 def test_numba_kernels(cpu_isotonic, op, reg):
-    # n <= 32: insertion sorts (4 rows: too few for the merge network); 100: a joint radix sort of the 4 rows (8-bit digits); 1000: one row's
+    # n <= 32: insertion sorts (4 rows: too few for the merge network); 100: a joint radix sort of the 4
+    # rows (8-bit digits); 1000: one row's
     # radix sort (8-bit digits); 5000: one row, 11-bit digits
     for n in (1, 2, 3, 7, 100, 1000, 5000):
         x, g = batch(n, seed=n)
