@@ -75,9 +75,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_logits_labels(logits, labels, name: str = "n_classes") -> None:
+def check_logits_labels(logits, labels, name: str = "n_classes", check_range: bool = True) -> None:
     """``logits [B, C]`` floating and ``labels [B]`` integer class indices in ``[0, C)`` on the same device
-    (the losses' inputs; ``name``: how the caller's messages call ``C``)."""
+    (the losses' inputs; ``name``: how the caller's messages call ``C``; ``check_range=False``: the caller
+    has checked the labels' range already)."""
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor, got {getattr(logits, 'dtype', type(logits))}")
     check_dense(logits, "logits")
@@ -91,7 +92,8 @@ def check_logits_labels(logits, labels, name: str = "n_classes") -> None:
         raise ValueError(f"labels must have shape [batch] = {tuple(logits.shape[:1])}, got {tuple(labels.shape)}")
     if labels.device != logits.device:  # the kernels would read a host address on the GPU
         raise ValueError(f"labels must be on the device of logits ({logits.device}), got {labels.device}")
-    check_label_range(labels, logits.shape[1], name)
+    if check_range:
+        check_label_range(labels, logits.shape[1], name)
 
 
 def check_label_range(labels: torch.Tensor, n_classes: int, name: str = "n_classes") -> None:

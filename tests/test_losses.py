@@ -529,3 +529,37 @@ def test_pos_inf_logit_gives_a_nan_row(method, top1_mode):
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     g = grad_of(loss[[0, 2]].sum(), x)
     assert torch.isfinite(g[[0, 2]]).all()
+
+
+def test_the_validated_configuration_is_reused_only_for_the_same_arguments():
+    """``losses._loss_config`` keeps a validated configuration per set of plain arguments: every argument
+    that names it changes the loss exactly as with the cache emptied, and a bad value raises after good
+    ones were kept (only successful validations are kept)."""
+    from fastsort import losses
+
+    logits, labels = make_batch(6, 12, seed=5, dtype=torch.float32)
+    base = dict(p_k=[0.5, 0.0, 0.5], method="bitonic", m=8, inverse_temperature=1.0, distribution="logistic_phi",
+                art_lambda=0.25, top1_mode="sm")
+    variants = [{}, {"p_k": (0.25, 0.25, 0.5)}, {"inverse_temperature": 2}, {"distribution": "cauchy"},
+                {"art_lambda": 0.5}, {"top1_mode": "smce"}, {"method": "odd_even"}, {"method": "neuralsort"}]
+    kws = [{**base, **change} for change in variants]
+    losses._CONFIGS.clear()
+    cached = [[fastsort.topk_cross_entropy(logits, labels, **kw) for kw in kws] for _ in range(2)]  # (kept, reused)
+    assert len(losses._CONFIGS) == len(kws), "the plain arguments above should have been kept"
+    values = []
+    for i, kw in enumerate(kws):
+        losses._CONFIGS.clear()
+        fresh = fastsort.topk_cross_entropy(logits, labels, **kw)
+        assert torch.equal(cached[0][i], fresh) and torch.equal(cached[1][i], fresh), variants[i]
+        values.append(float(fresh))
+    assert len(set(values)) == len(values), values  # every argument reaches the loss
+    with pytest.raises(ValueError, match="inverse_temperature"):
+        fastsort.topk_cross_entropy(logits, labels, **{**base, "inverse_temperature": -1.0})
+    with pytest.raises(ValueError, match="sum to 1"):
+        fastsort.topk_cross_entropy(logits, labels, **{**base, "p_k": [0.5, 0.6]})
+    with pytest.raises(ValueError, match="top1_mode"):
+        fastsort.topk_cross_entropy(logits, labels, **{**base, "top1_mode": "max"})
+    # a 0-d tensor inverse temperature is not a key: computed each call, the same loss as the number
+    it = torch.tensor(2.0)
+    assert torch.equal(fastsort.topk_cross_entropy(logits, labels, **{**base, "inverse_temperature": it}),
+                       fastsort.topk_cross_entropy(logits, labels, **{**base, "inverse_temperature": 2.0}))
