@@ -20,11 +20,11 @@ Per row:
    skipped when all keys share that digit: ``O(n)``, ~6 ns per element at
    ``n = 5000`` (numba's ``argsort``: ~32 ns at ``n = 1000``), and equal keys keep
    their input order, as ``torch.sort(stable=True)`` of the torch backend.  Rows
-   of at most ``INSERTION_ROW`` elements are sorted by Batcher's odd-even merge
-   network, ``NETWORK_ROWS`` rows side by side (each comparator a vectorised min
-   and max over the rows; the index in the keys' low bits makes every key
-   distinct, so any correct sort is the stable one), or by insertion where only a
-   few rows or fewer than ``NETWORK_MIN`` elements make a block;
+   of at most ``INSERTION_ROW`` elements are sorted by the library's bitonic
+   network table (:func:`sort_network`), ``NETWORK_ROWS`` rows side by side (each
+   comparator a vectorised min and max over the rows; the index in the keys' low
+   bits makes every key distinct, so any correct sort is the stable one), or by
+   insertion where only a few rows or fewer than ``NETWORK_MIN`` elements make a block;
    rows shorter than ``SHORT_ROW`` several at a time, the row number as the keys'
    highest bits (one more pass), so that the passes' fixed cost (their counters)
    is shared.
@@ -155,43 +155,25 @@ def _insertion_sort(keys, lo, hi):
 
 
 @_jit(inline=True)
-def _network_sort(keys, kt, cnt, n):
+def _network_sort(keys, kt, cnt, n, net):
     """Rows ``t < cnt`` of ``keys`` (``keys[t * n:(t + 1) * n]``, ``n <= INSERTION_ROW``) sorted increasing by
-    Batcher's odd-even merge sort, ``NETWORK_ROWS`` rows at a time side by side in the scratch ``kt``
-    (uint64 ``[INSERTION_ROW, NETWORK_ROWS]``, element ``j`` of the block's row ``t`` at ``kt[j, t]``): each
-    comparator ``(a, b)``, ``a < b``, puts the minimum at ``a`` in one loop over the block's rows.  The
-    network of the next power of two ``N >= n``, with the comparators that reach past ``n`` left out: they
-    would compare with padding above every key, which never moves.  The comparators come from the
-    network's usual iterative form (for merge sizes ``p`` and distances ``k`` halving from ``p``, the pairs
-    ``(a, a + k)`` inside one merge of ``2 p``)."""
-    N = 1
-    while N < n:
-        N *= 2
+    the comparators ``net [C, 2]`` (``(a, b)``: the smaller key to wire ``a``; :func:`sort_network`),
+    ``NETWORK_ROWS`` rows at a time side by side in the scratch ``kt`` (uint64 ``[INSERTION_ROW,
+    NETWORK_ROWS]``, element ``j`` of the block's row ``t`` at ``kt[j, t]``): each comparator is one
+    minimum and maximum loop over the block's rows."""
     for b0 in range(0, cnt, NETWORK_ROWS):
         rows = min(NETWORK_ROWS, cnt - b0)
         for t in range(rows):
             for j in range(n):
                 kt[j, t] = keys[(b0 + t) * n + j]
-        p = 1
-        while p < N:
-            k = p
-            while k >= 1:
-                j = k % p
-                while j < N - k:
-                    for i in range(min(k, N - j - k)):
-                        a = i + j
-                        b = a + k
-                        if b < n and a // (2 * p) == b // (2 * p):
-                            ra = kt[a]
-                            rb = kt[b]
-                            for t in range(rows):
-                                u = ra[t]
-                                v = rb[t]
-                                ra[t] = min(u, v)
-                                rb[t] = max(u, v)
-                    j += 2 * k
-                k //= 2
-            p *= 2
+        for q in range(net.shape[0]):
+            ra = kt[net[q, 0]]
+            rb = kt[net[q, 1]]
+            for t in range(rows):
+                u = ra[t]
+                v = rb[t]
+                ra[t] = min(u, v)
+                rb[t] = max(u, v)
         for t in range(rows):
             for j in range(n):
                 keys[(b0 + t) * n + j] = kt[j, t]
@@ -429,9 +411,9 @@ def _pav_row(r, x, idx, special, out, perm_out, last_out, q_out, op, reg, c, k, 
 #: rows of fewer elements are sorted together, several rows in one radix sort (the row as the key's
 #: highest bits): a sort's fixed cost (its passes' counters) would dominate a short row
 SHORT_ROW = 512
-#: rows of at most this many elements are sorted without radix passes: by the merge network, or by insertion
+#: rows of at most this many elements are sorted without radix passes: by a sorting network, or by insertion
 INSERTION_ROW = 32
-#: rows the merge network sorts side by side (their keys, transposed, stay in the L1 cache: 32 KB at 32
+#: rows the sorting network sorts side by side (their keys, transposed, stay in the L1 cache: 32 KB at 32
 #: elements; 256 rows ran 1.1-2x slower, 32 rows 1.2-1.4x, at n = 16 and 32)
 NETWORK_ROWS = 128
 #: the network sorts blocks of at least this many rows of at least this many elements; insertion the
@@ -441,12 +423,28 @@ NETWORK_MIN = 8
 JOINT_SORT_ELEMS = 32768
 
 
+@functools.lru_cache(maxsize=64)
+def sort_network(n: int) -> np.ndarray:
+    """The comparators :func:`_sort_block` sorts rows of ``n`` elements by (int64 ``[C, 2]``: the smaller key
+    to wire ``C[:, 0]``): the library's bitonic network (:func:`fastsort.networks.network_layers`, any
+    ``n``; its descending comparators written the other way round) for ``NETWORK_MIN <= n <=
+    INSERTION_ROW``, none otherwise (insertion or radix passes sort those rows).  The merge network
+    of Batcher's odd-even sort has fewer comparators (63 against 80 at ``n = 16``) but measured the
+    same (22.7 against 23.4 us for 500 rows of 16), so the one table serves."""
+    if not NETWORK_MIN <= n <= INSERTION_ROW:
+        return np.empty((0, 2), dtype=np.int64)
+    from ..networks import network_layers
+
+    pairs = [(hi, lo) if desc else (lo, hi) for layer in network_layers("bitonic", n) for lo, hi, desc in layer]
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 @_jit(inline=True)
 def _sort_scratch(rows_left, n):
     """``(rows, ib, keys, keys2, count, zf, special)``: how many rows :func:`_sort_block` sorts at once
     (rows shorter than ``SHORT_ROW`` several at a time, up to ``JOINT_SORT_ELEMS`` elements), the bits
     ``ib`` of an element's index in its row, and the scratch of such a block (for rows of at most
-    ``INSERTION_ROW`` elements ``keys2`` is the merge network's ``[INSERTION_ROW, NETWORK_ROWS]``, flattened)."""
+    ``INSERTION_ROW`` elements ``keys2`` is the sorting network's ``[INSERTION_ROW, NETWORK_ROWS]``, flattened)."""
     rows = max(1, min(rows_left, JOINT_SORT_ELEMS // n)) if n < SHORT_ROW else 1
     ib = 1
     while (1 << ib) < n:
@@ -460,19 +458,20 @@ def _sort_scratch(rows_left, n):
 
 
 @_jit(inline=True)
-def _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special):
+def _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special, net):
     """Sort rows ``r0 .. r0 + cnt - 1`` of ``x`` (the order of :func:`_row_keys`): afterwards row ``t``'s keys
     are ``keys[t * n:(t + 1) * n]`` in order, each element's index in their low ``ib`` bits, and
     ``special[t]`` says whether the row holds a NaN or an infinity.  Rows of at most ``INSERTION_ROW``
-    elements by the merge network (:func:`_network_sort`) or, in small blocks, by insertion, each by
-    itself; longer ones in one joint radix sort, the row as the keys' highest bits."""
+    elements by the comparators ``net`` (:func:`sort_network`, :func:`_network_sort`) or, in small
+    blocks or without comparators, by insertion, each by itself; longer ones in one joint radix sort,
+    the row as the keys' highest bits."""
     n = x.shape[1]
     joint = n > INSERTION_ROW and cnt > 1
     for t in range(cnt):
         special[t] = _row_keys(x, r0 + t, op, c, zf, keys, t * n, t if joint else 0, ib)
     if n <= INSERTION_ROW:
-        if cnt >= NETWORK_MIN and n >= NETWORK_MIN:  # the rows side by side through the merge network
-            _network_sort(keys, keys2.reshape(INSERTION_ROW, NETWORK_ROWS), cnt, n)
+        if cnt >= NETWORK_MIN and net.shape[0]:  # the rows side by side through the network
+            _network_sort(keys, keys2.reshape(INSERTION_ROW, NETWORK_ROWS), cnt, n, net)
         else:  # each row by itself
             for t in range(cnt):
                 _insertion_sort(keys, t * n, (t + 1) * n)
@@ -486,7 +485,7 @@ def _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special):
 
 
 @_jit(inline=True)
-def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho):
+def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need_grad, log_rho, net):
     """Rows ``lo .. hi - 1``, with one set of scratch arrays; inlined into one compiled function per
     operator and regularization (below), so that its branches on them are resolved at compile time (a
     fifth faster than reading ``op`` and ``reg`` at run time)."""
@@ -501,7 +500,7 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
     bfirst = np.empty(n, dtype=np.int64)
     for r0 in range(lo, hi, rows):
         cnt = min(rows, hi - r0)
-        _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special_rows)
+        _sort_block(x, r0, cnt, op, c, zf, keys, keys2, count, ib, special_rows, net)
         for t in range(cnt):  # the row is the keys' high part: row t is at t * n .. t * n + n
             for j in range(n):
                 idx[j] = np.int32(keys[t * n + j] & imask)
@@ -510,17 +509,18 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
 
 
 @_jit()
-def sort_rows_decreasing(x, top, top_idx, ties, first, last):
+def sort_rows_decreasing(x, top, top_idx, ties, net, first, last):
     """Rows ``first .. last - 1`` of finite float32 rows ``x [R, n]`` sorted decreasing by the sort above
     (stable; ``-0.0`` equal to ``+0.0``): ``top[r]`` the values (float32), ``top_idx[r]`` their columns
     (int64), ``ties[r]`` whether two of the row's values are equal (where ``torch.sort``, not stable,
-    may order their columns otherwise).  The SoftSort kernels' sort (:mod:`fastsort.kernels.cpu_softsort`)."""
+    may order their columns otherwise); ``net``: :func:`sort_network` of ``n``.  The SoftSort kernels' sort
+    (:mod:`fastsort.kernels.cpu_softsort`)."""
     n = x.shape[1]
     rows, ib, keys, keys2, count, zf, special = _sort_scratch(last - first, n)
     imask = np.uint64((1 << ib) - 1)
     for r0 in range(first, last, rows):
         cnt = min(rows, last - r0)
-        _sort_block(x, r0, cnt, 1, 1.0, zf, keys, keys2, count, ib, special)
+        _sort_block(x, r0, cnt, 1, 1.0, zf, keys, keys2, count, ib, special, net)
         for t in range(cnt):
             r = r0 + t
             tie = False
@@ -537,28 +537,28 @@ def sort_rows_decreasing(x, top, top_idx, ties, first, last):
 
 
 @_jit()
-def _forward_sort_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho):
-    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 0, 0, c, k, need_grad, log_rho)
+def _forward_sort_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho, net):
+    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 0, 0, c, k, need_grad, log_rho, net)
 
 
 @_jit()
-def _forward_sort_kl(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho):
-    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 0, 1, c, k, need_grad, log_rho)
+def _forward_sort_kl(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho, net):
+    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 0, 1, c, k, need_grad, log_rho, net)
 
 
 @_jit()
-def _forward_rank_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho):
-    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 1, 0, c, k, need_grad, log_rho)
+def _forward_rank_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho, net):
+    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 1, 0, c, k, need_grad, log_rho, net)
 
 
 @_jit()
-def _forward_rank_kl(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho):
-    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 1, 1, c, k, need_grad, log_rho)
+def _forward_rank_kl(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho, net):
+    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 1, 1, c, k, need_grad, log_rho, net)
 
 
 @_jit()
-def _forward_topk_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho):
-    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 2, 0, c, k, need_grad, log_rho)
+def _forward_topk_l2(lo, hi, x, out, perm_out, last_out, q_out, c, k, need_grad, log_rho, net):
+    _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, 2, 0, c, k, need_grad, log_rho, net)
 
 
 #: the compiled forward of each (operator, regularization)
@@ -660,7 +660,8 @@ def isotonic_fwd(x: torch.Tensor, op: str, regularization: str, strength: float,
         arrays = _NO_ARRAYS
     if R and n:
         forward = _FORWARDS[op, regularization]
-        args = (x.numpy(), out_a, *arrays, 1.0 / float(strength), int(k), bool(need_grad), _log_rho(n))
+        args = (x.numpy(), out_a, *arrays, 1.0 / float(strength), int(k), bool(need_grad), _log_rho(n),
+                sort_network(n))
         from .cpu_network import run_parallel  # (imports numba: only once numba_status() said it imports)
 
         run_parallel(lambda first, last: forward(first, last, *args), R, _work(R, n))

@@ -58,7 +58,7 @@ import numba
 import numpy as np
 import torch
 
-from .cpu_isotonic import sort_rows_decreasing
+from .cpu_isotonic import sort_network, sort_rows_decreasing
 from .cpu_network import run_parallel
 from .cpu_relaxations import exp_f64
 
@@ -266,7 +266,7 @@ def _backward_rows(g, P, s, top_idx, ds, c, first, last):
 
 
 #: with ``k = n`` the kernel sorts the rows itself (:func:`fastsort.kernels.cpu_isotonic.sort_rows_decreasing`:
-#: stable; up to 32 entries by a merge network over many rows or by insertion, by the joint radix sort
+#: stable; up to 32 entries by a sorting network over many rows or by insertion, by the joint radix sort
 #: beyond): at ``[128, 100]``, one thread, the forward 514 -> 224-237 us against ``torch.sort`` in the launcher, at ``[500, 16]`` 116 -> 93 us against the
 #: kernel's earlier insertion sort of float rows.  ``torch.sort`` is not stable: rows of at most this many
 #: entries it sorts by insertion (stable, so the same order of tied values); longer rows in which the kernel
@@ -276,10 +276,10 @@ KERNEL_SORT_ROW = 16
 
 
 @numba.njit(**_JIT)
-def _sort_and_separable_rows(s, top, top_idx, ties, P, c, ok, first, last):
+def _sort_and_separable_rows(s, top, top_idx, ties, net, P, c, ok, first, last):
     """:func:`_separable_rows` of rows (``k = n``) sorted decreasing first; ``ties[r]``: row ``r`` holds two
     equal values (see :data:`KERNEL_SORT_ROW`)."""
-    sort_rows_decreasing(s, top, top_idx, ties, first, last)
+    sort_rows_decreasing(s, top, top_idx, ties, net, first, last)
     _separable_rows(s, top_idx, P, c, ok, first, last)
 
 
@@ -311,7 +311,7 @@ def softsort_fwd(s: torch.Tensor, k: int, tau: float) -> Tuple[torch.Tensor, tor
         top_idx = torch.empty((R, n), dtype=torch.int64)
         top = np.empty((R, n), np.float32)
         ties = np.empty(R, dtype=np.bool_)
-        args = (s.numpy(), top, top_idx.numpy(), ties, P.numpy().reshape(R, k * n), c, ok)
+        args = (s.numpy(), top, top_idx.numpy(), ties, sort_network(n), P.numpy().reshape(R, k * n), c, ok)
         run_parallel(lambda first, last: _sort_and_separable_rows(*args, first, last), R, work)
         if n > KERNEL_SORT_ROW and ties.any():  # tied values' columns as torch.sort gives them (as the torch path)
             rows = torch.from_numpy(np.flatnonzero(ties))

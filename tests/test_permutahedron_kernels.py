@@ -79,7 +79,7 @@ def cpu_isotonic():
 
 @pytest.mark.parametrize("op,reg", CONFIGS)
 def test_numba_kernels(cpu_isotonic, op, reg):
-    # n <= 32: insertion sorts (4 rows: too few for the merge network); 100: a joint radix sort of the 4
+    # n <= 32: insertion sorts (4 rows: too few for the sorting network); 100: a joint radix sort of the 4
     # rows (8-bit digits); 1000: one row's
     # radix sort (8-bit digits); 5000: one row, 11-bit digits
     for n in (1, 2, 3, 7, 100, 1000, 5000):
@@ -102,11 +102,12 @@ def test_numba_joint_sort_of_many_rows(cpu_isotonic, op, reg):
 
 @pytest.mark.parametrize("op,reg", CONFIGS)
 def test_numba_network_sort_of_short_rows(cpu_isotonic, op, reg):
-    """Rows of 8 to 32 elements, at least ``NETWORK_MIN`` of them, are sorted by the merge network,
-    ``NETWORK_ROWS`` side by side (130 rows: a full block and a partial one); with ties (half a row, a
-    whole row, two equal rows), signed zeros and a NaN row: sigma must be the float32 reference's."""
+    """Rows of 8 to 32 elements, at least ``NETWORK_MIN`` of them, are sorted by the bitonic network's
+    comparators, ``NETWORK_ROWS`` side by side (130 rows: a full block and a partial one); with ties (half
+    a row, a whole row, two equal rows), signed zeros and a NaN row: sigma must be the float32 reference's."""
     assert 130 > cpu_isotonic.NETWORK_ROWS and 8 >= cpu_isotonic.NETWORK_MIN  # (the rows below take the network)
     for n in (8, 13, 16, 31, 32):
+        assert cpu_isotonic.sort_network(n).shape[0] > 0
         x, g = batch(n, seed=100 + n, R=130)
         x[3] = x[3, 0]
         x[129] = x[128]
