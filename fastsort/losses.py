@@ -150,12 +150,6 @@ def preselect(logits: torch.Tensor, labels: torch.Tensor, m: int, compiled: bool
     return sel.masked_fill(picked_label, float("-inf"))
 
 
-def _method_params(method: str, inverse_temperature, distribution, art_lambda):
-    """The loss's method object and its parameters."""
-    m = METHODS.lookup(method, "loss")
-    return m, m.loss_params(check_inverse_temperature(inverse_temperature), distribution, art_lambda)
-
-
 #: validated loss configurations (:func:`_loss_config`), keyed by the arguments when they are plain values
 _CONFIGS: dict = {}
 _PLAIN_NUMBERS = (float, int)
@@ -355,7 +349,7 @@ class TopKCrossEntropyLoss(torch.nn.Module):
         self.ignore_index = check_ignore_index(ignore_index)
         self.label_smoothing = check_label_smoothing(label_smoothing)
         inverse_temperature = check_inverse_temperature(inverse_temperature)  # a 0-d tensor is read once, here
-        _method_params(method, inverse_temperature, distribution, art_lambda)
+        _loss_config(method, self.p_k, inverse_temperature, distribution, art_lambda, top1_mode)  # (validates them)
         if m is not None:
             m = as_int(m, "m")
             if m <= len(self.p_k):
