@@ -135,6 +135,33 @@ def test_numba_rejects_wrong_inputs(cpu_isotonic):
         cpu_isotonic.isotonic_fwd(torch.randn(2, 3, dtype=torch.float64), "rank", "l2", 1.0, 0, True)
     with pytest.raises(ValueError, match="float32 CPU rows"):
         cpu_isotonic.isotonic_fwd(torch.randn(3), "rank", "l2", 1.0, 0, True)
+    out, perm, last, q = cpu_isotonic.isotonic_fwd(torch.randn(2, 5), "rank", "l2", 1.0, 0, True)
+    with pytest.raises(ValueError, match="isotonic_bwd takes"):  # (the kernel reads them by address)
+        cpu_isotonic.isotonic_bwd(torch.randn(2, 5), perm.long(), last, q, "rank", "l2", 1.0)
+    with pytest.raises(ValueError, match="isotonic_bwd takes"):
+        cpu_isotonic.isotonic_bwd(torch.randn(2, 4), perm, last, q, "rank", "l2", 1.0)
+
+
+def test_numba_rows_view_a_tensor_by_its_address(cpu_isotonic):
+    """``cpu_memory.rows``: the launchers' arrays over a tensor's own memory, row-major, read and written."""
+    import numba
+
+    from fastsort.kernels.cpu_memory import rows
+
+    @numba.njit
+    def weigh_and_double(addr, R, n):
+        a = rows(addr, R, n, numba.float32)
+        total = 0.0
+        for r in range(R):
+            for j in range(n):
+                total += (r * 10 + j) * a[r, j]
+                a[r, j] *= 2
+        return total
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    want = float(sum((r * 10 + j) * (4 * r + j) for r in range(3) for j in range(4)))
+    assert weigh_and_double(t.data_ptr(), 3, 4) == want
+    assert torch.equal(t, 2 * torch.arange(12, dtype=torch.float32).reshape(3, 4))
 
 
 # --------------------------------------------------------------------------- Triton (interpreter on CPU)
