@@ -28,6 +28,8 @@ import time
 
 import torch
 
+import cpu_cases as cc  # noqa: E402  (benchmarks/ is on sys.path: the script's directory, or pytest's prepend import)
+
 SIZES = [(256, 100), (256, 1000), (1, 5000), (16, 10000)]
 CASES = [(op, "l2", R, n) for op in ("soft_rank", "soft_sort") for R, n in SIZES] + \
     [(op, "kl", 256, 1000) for op in ("soft_rank", "soft_sort")]
@@ -46,19 +48,10 @@ def _import_torchsort():
 
 def make_step(module, op, reg, R, n):
     """The timed step of ``module.<op>`` (``fastsort.compat.torchsort`` or ``torchsort``) on seeded rows
-    ``[R, n]``: clear the gradient, forward, backward of a fixed random cotangent; returns the output."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(R, n, generator=gen).requires_grad_()
-    g = torch.randn(R, n, generator=gen)
+    ``[R, n]`` (:func:`cpu_cases.rows_step`: clear the gradient, forward, backward of a fixed random
+    cotangent; ``step(check=True)`` returns ``sum(out * G)``)."""
     fn = getattr(module, op)
-
-    def step():
-        x.grad = None
-        y = fn(x, reg)
-        y.backward(g)
-        return y
-
-    return step
+    return cc.rows_step(lambda x: fn(x, reg), R, n, out_shape=(R, n))
 
 
 def ratio_table(seconds: float = 2.0, only: str = "") -> list:
@@ -160,9 +153,7 @@ def test_permutahedron_cpu(benchmark, fastsort_compat, lib, op, reg, R, n):
     case = f"{op} {reg} [{R}, {n}] fwd+bwd"
     benchmark.group = case
     step = make_step(fastsort_compat if lib == "fastsort" else _import_torchsort(), op, reg, R, n)
-    y = step()  # warm-up (lazy imports; torchsort's first call)
-    g = torch.randn(R, n, generator=torch.Generator().manual_seed(1))
-    benchmark.extra_info["check"] = float((y.detach() * g).sum())
+    benchmark.extra_info["check"] = float(step(check=True))  # (and the warm-up: lazy imports, torchsort's first call)
     benchmark(step)
     if benchmark.stats is not None:  # (None under --benchmark-disable: the step ran once, untimed)
         stats = benchmark.stats.stats

@@ -218,6 +218,14 @@ def _row_keys(x, r, op, c, zf, keys, at, tag, ib):
     return special
 
 
+@_jit(inline=True)
+def _key_bits(key, ib, flip):
+    """The float32 bits (uint32) whose order-preserving image :func:`_row_keys` put above bit ``ib`` of
+    ``key`` (``flip``: its complement for a decreasing order): the inverse of its map."""
+    u = np.uint32((key >> np.uint64(ib)) & np.uint64(0xFFFFFFFF)) ^ flip
+    return (u & np.uint32(0x7FFFFFFF)) if u & np.uint32(0x80000000) else (u ^ np.uint32(0xFFFFFFFF))
+
+
 #: ``fastsort.functional``'s stand-ins for infinities, in float32: ``+-(M + clamp(4 M, GAP, BIG))`` (its gap)
 _STAND_IN_GAP = np.float32(STAND_IN_GAP)
 _STAND_IN_BIG = np.float32(np.finfo(np.float32).max / 16)
@@ -525,8 +533,7 @@ def _forward_rows(lo, hi, x, out, perm_out, last_out, q_out, op, reg, c, k, need
                 idx[j] = p
                 if need_grad:
                     perm_out[r, j] = p  # (the saved sigma)
-                u = np.uint32((key >> np.uint64(ib)) & np.uint64(0xFFFFFFFF)) ^ flip
-                zu[j] = (u & np.uint32(0x7FFFFFFF)) if u & np.uint32(0x80000000) else (u ^ np.uint32(0xFFFFFFFF))
+                zu[j] = _key_bits(key, ib, flip)
             _pav_row(r, x, idx, zf, special_rows[t], out, perm_out, last_out, q_out, op, reg,
                      c, k, need_grad, log_rho, s, acc, geo, bfirst, bval)
 
